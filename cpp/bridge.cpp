@@ -1,0 +1,458 @@
+#include "datafusion-faiss/cpp/bridge.h"
+
+#include <cxxabi.h>
+#include <omp.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <cstring>
+#include <mutex>
+#include <stdexcept>
+#include <string>
+#include <typeinfo>
+
+#include <faiss/IndexFlat.h>
+#include <faiss/IndexIDMap.h>
+#include <faiss/IndexIVF.h>
+#include <faiss/IndexIVFFlat.h>
+#include <faiss/IndexIVFPQ.h>
+#include <faiss/IndexPreTransform.h>
+#include <faiss/IndexScalarQuantizer.h>
+#include <faiss/VectorTransform.h>
+#include <faiss/impl/io.h>
+#include <faiss/index_factory.h>
+#include <faiss/index_io.h>
+#include <faiss/invlists/InvertedLists.h>
+#include <faiss/invlists/InvertedListsIOHook.h>
+#include <faiss/utils/Heap.h>
+
+#include "datafusion-faiss/src/ffi.rs.h"
+
+namespace dff {
+
+namespace {
+
+// Sets the calling thread's OpenMP team size for one call and restores it after:
+// searches run one per worker thread (parallelism comes from Rust), builds use all cores.
+class OmpThreads {
+   public:
+    explicit OmpThreads(int n) : saved_(omp_get_max_threads()) { omp_set_num_threads(n); }
+    ~OmpThreads() { omp_set_num_threads(saved_); }
+
+   private:
+    int saved_;
+};
+
+template <class T>
+std::string type_name(const T& obj) {
+    const char* raw = typeid(obj).name();
+    int status = 0;
+    char* name = abi::__cxa_demangle(raw, nullptr, nullptr, &status);
+    std::string out = status == 0 && name ? name : raw;
+    free(name);
+    return out;
+}
+
+// Reads the index header through the Rust HeaderSource. The inverted-list data is
+// never read: the hook below records where it lies and skips over it.
+struct HeaderReader : faiss::IOReader {
+    explicit HeaderReader(HeaderSource& src) : src(src) {}
+
+    size_t operator()(void* ptr, size_t size, size_t nitems) override {
+        size_t len = 0;
+        if (__builtin_mul_overflow(size, nitems, &len)) {
+            throw std::runtime_error("read size overflows at offset " + std::to_string(pos));
+        }
+        if (len > 0) {
+            src.read_at(pos, rust::Slice<uint8_t>(static_cast<uint8_t*>(ptr), len));
+        }
+        pos += len;
+        return nitems;
+    }
+
+    HeaderSource& src;
+    uint64_t pos = 0;
+    bool lists_seen = false;
+    uint64_t data_start = 0;
+    uint64_t data_end = 0;
+    std::vector<size_t> sizes;
+};
+
+// Sizes only: FAISS must never look at list contents through it; searches get the
+// bytes passed in explicitly.
+struct SizesOnlyLists : faiss::ReadOnlyInvertedLists {
+    SizesOnlyLists(size_t nlist, size_t code_size, const std::vector<size_t>& sizes)
+            : faiss::ReadOnlyInvertedLists(nlist, code_size), sizes(sizes) {}
+
+    size_t list_size(size_t list_no) const override { return sizes.at(list_no); }
+    const uint8_t* get_codes(size_t) const override {
+        throw std::logic_error("list data is not resident in FAISS (datafusion-faiss)");
+    }
+    const faiss::Index::idx_t* get_ids(size_t) const override {
+        throw std::logic_error("list data is not resident in FAISS (datafusion-faiss)");
+    }
+
+    std::vector<size_t> sizes;
+};
+
+const char* HOOK_KEY = "ilDF";
+
+struct SkipListsHook : faiss::InvertedListsIOHook {
+    SkipListsHook() : faiss::InvertedListsIOHook(HOOK_KEY, typeid(SizesOnlyLists).name()) {}
+
+    void write(const faiss::InvertedLists*, faiss::IOWriter*) const override {
+        throw std::logic_error("datafusion-faiss does not write lists through its hook");
+    }
+    faiss::InvertedLists* read(faiss::IOReader*, int) const override {
+        throw std::logic_error("datafusion-faiss reads lists only through read_ArrayInvertedLists");
+    }
+
+    faiss::InvertedLists* read_ArrayInvertedLists(faiss::IOReader* f, int, size_t nlist,
+                                                  size_t code_size,
+                                                  const std::vector<size_t>& sizes) const override {
+        auto* reader = dynamic_cast<HeaderReader*>(f);
+        if (!reader) {
+            throw std::logic_error("datafusion-faiss list hook used outside its own reader");
+        }
+        if (reader->lists_seen) {
+            throw std::runtime_error("index has more than one inverted-list section");
+        }
+        uint64_t total = 0;
+        for (size_t i = 0; i < sizes.size(); i++) {
+            uint64_t bytes = 0;
+            if (__builtin_mul_overflow(uint64_t(sizes[i]), uint64_t(code_size) + 8, &bytes) ||
+                __builtin_add_overflow(total, bytes, &total)) {
+                throw std::runtime_error("list-size table overflows at list " +
+                                         std::to_string(i));
+            }
+        }
+        reader->lists_seen = true;
+        reader->data_start = reader->pos;
+        if (__builtin_add_overflow(reader->pos, total, &reader->data_end)) {
+            throw std::runtime_error("list-size table overflows the file offset");
+        }
+        reader->sizes = sizes;
+        reader->pos = reader->data_end;
+        return new SizesOnlyLists(nlist, code_size, sizes);
+    }
+};
+
+void register_hook() {
+    static std::once_flag once;
+    std::call_once(once, [] { faiss::InvertedListsIOHook::add_callback(new SkipListsHook()); });
+}
+
+int hook_flags() {
+    uint32_t key = 0;
+    std::memcpy(&key, HOOK_KEY, 4);
+    return faiss::IO_FLAG_SKIP_IVF_DATA | int(key & 0xffff0000u);
+}
+
+// The parts of an index tree a search goes through, outermost wrapper first.
+struct Unwrapped {
+    const faiss::IndexIVF* ivf = nullptr;
+    std::vector<const faiss::VectorTransform*> chain;
+    std::vector<const std::vector<int64_t>*> id_maps;  // innermost first
+    std::string unsupported;
+    std::string description;
+};
+
+std::string describe_transform(const faiss::VectorTransform* vt) {
+    if (auto* opq = dynamic_cast<const faiss::OPQMatrix*>(vt)) {
+        return "OPQ" + std::to_string(opq->M) + "_" + std::to_string(opq->d_out);
+    }
+    if (auto* pca = dynamic_cast<const faiss::PCAMatrix*>(vt)) {
+        std::string s = "PCA";
+        if (pca->eigen_power != 0) s += "W";
+        if (pca->random_rotation) s += "R";
+        return s + std::to_string(pca->d_out);
+    }
+    if (dynamic_cast<const faiss::RandomRotationMatrix*>(vt)) {
+        return "RR" + std::to_string(vt->d_out);
+    }
+    if (dynamic_cast<const faiss::NormalizationTransform*>(vt)) return "L2norm";
+    if (dynamic_cast<const faiss::CenteringTransform*>(vt)) return "Center";
+    return type_name(*vt);
+}
+
+std::string describe_sq(faiss::ScalarQuantizer::QuantizerType qt) {
+    switch (qt) {
+        case faiss::ScalarQuantizer::QT_8bit: return "SQ8";
+        case faiss::ScalarQuantizer::QT_4bit: return "SQ4";
+        case faiss::ScalarQuantizer::QT_8bit_uniform: return "SQ8_uniform";
+        case faiss::ScalarQuantizer::QT_4bit_uniform: return "SQ4_uniform";
+        case faiss::ScalarQuantizer::QT_fp16: return "SQfp16";
+        case faiss::ScalarQuantizer::QT_8bit_direct: return "SQ8_direct";
+        case faiss::ScalarQuantizer::QT_6bit: return "SQ6";
+    }
+    return "SQ?";
+}
+
+Unwrapped unwrap(const faiss::Index* index) {
+    Unwrapped u;
+    std::vector<std::string> parts;
+    const faiss::Index* cur = index;
+    while (cur) {
+        if (auto* m = dynamic_cast<const faiss::IndexIDMap*>(cur)) {
+            parts.push_back(dynamic_cast<const faiss::IndexIDMap2*>(cur) ? "IDMap2" : "IDMap");
+            u.id_maps.insert(u.id_maps.begin(), &m->id_map);
+            cur = m->index;
+        } else if (auto* pt = dynamic_cast<const faiss::IndexPreTransform*>(cur)) {
+            for (auto* vt : pt->chain) {
+                parts.push_back(describe_transform(vt));
+                u.chain.push_back(vt);
+            }
+            cur = pt->index;
+        } else {
+            break;
+        }
+    }
+    // Exact types: subclasses (FastScan, PQR, FlatDedup, ...) lay out or search lists
+    // differently.
+    const std::type_info& t = typeid(*cur);
+    auto* ivf = dynamic_cast<const faiss::IndexIVF*>(cur);
+    if (ivf && (t == typeid(faiss::IndexIVFFlat) || t == typeid(faiss::IndexIVFScalarQuantizer) ||
+                t == typeid(faiss::IndexIVFPQ))) {
+        u.ivf = ivf;
+        parts.push_back("IVF" + std::to_string(ivf->nlist));
+        if (auto* sq = dynamic_cast<const faiss::IndexIVFScalarQuantizer*>(ivf)) {
+            parts.push_back(describe_sq(sq->sq.qtype));
+        } else if (auto* pq = dynamic_cast<const faiss::IndexIVFPQ*>(ivf)) {
+            parts.push_back("PQ" + std::to_string(pq->pq.M) + "x" + std::to_string(pq->pq.nbits));
+        } else {
+            parts.push_back("Flat");
+        }
+    } else {
+        u.unsupported = type_name(*cur);
+        parts.push_back(u.unsupported);
+    }
+    for (size_t i = 0; i < parts.size(); i++) {
+        u.description += (i ? "," : "") + parts[i];
+    }
+    return u;
+}
+
+IndexInfo make_info(const faiss::Index* root, const Unwrapped& u) {
+    IndexInfo info{};
+    info.d = root->d;
+    info.metric = int32_t(root->metric_type);
+    info.ntotal = root->ntotal;
+    info.transforms = u.chain.size();
+    info.description = rust::String(u.description);
+    info.unsupported = rust::String(u.unsupported);
+    if (u.ivf) {
+        info.d_ivf = u.ivf->d;
+        info.nlist = u.ivf->nlist;
+        info.code_size = u.ivf->code_size;
+    }
+    return info;
+}
+
+// FAISS reads list codes as floats / int64: hand it aligned memory, copying a list only
+// when its bytes sit at an odd offset inside the fetched buffer.
+template <class T>
+const T* aligned(const uint8_t* p, size_t count, std::vector<T>& spare) {
+    if (reinterpret_cast<uintptr_t>(p) % alignof(T) == 0) {
+        return reinterpret_cast<const T*>(p);
+    }
+    spare.resize(count);
+    std::memcpy(spare.data(), p, count * sizeof(T));
+    return spare.data();
+}
+
+void check_len(const char* what, size_t got, size_t want) {
+    if (got != want) {
+        throw std::invalid_argument(std::string(what) + ": expected " + std::to_string(want) +
+                                    " values, got " + std::to_string(got));
+    }
+}
+
+}  // namespace
+
+IvfIndex::IvfIndex(std::unique_ptr<faiss::Index> root, uint64_t data_start, uint64_t data_end,
+                   std::vector<size_t> sizes)
+        : root_(std::move(root)), data_start_(data_start), data_end_(data_end),
+          sizes_(std::move(sizes)) {
+    Unwrapped u = unwrap(root_.get());
+    ivf_ = u.ivf;
+    chain_ = std::move(u.chain);
+    id_maps_ = std::move(u.id_maps);
+}
+
+IvfIndex::~IvfIndex() = default;
+
+IndexInfo IvfIndex::info() const {
+    IndexInfo info = make_info(root_.get(), unwrap(root_.get()));
+    info.data_start = data_start_;
+    info.data_end = data_end_;
+    return info;
+}
+
+rust::Vec<uint64_t> IvfIndex::list_sizes() const {
+    rust::Vec<uint64_t> out;
+    out.reserve(sizes_.size());
+    for (size_t s : sizes_) out.push_back(s);
+    return out;
+}
+
+void IvfIndex::assign(rust::Slice<const float> queries, size_t nprobe,
+                      rust::Slice<int64_t> lists, rust::Slice<float> coarse,
+                      rust::Slice<float> transformed) const {
+    if (!ivf_) throw std::logic_error("index type is not searchable");
+    OmpThreads one{1};
+    size_t n = queries.size() / root_->d;
+    check_len("assignment buffer", lists.size(), n * nprobe);
+    check_len("coarse distance buffer", coarse.size(), n * nprobe);
+    const float* x = queries.data();
+    std::unique_ptr<float[]> owned;
+    for (auto* vt : chain_) {
+        float* y = vt->apply(n, x);
+        owned.reset(y);
+        x = y;
+    }
+    if (!chain_.empty()) {
+        check_len("transformed query buffer", transformed.size(), n * ivf_->d);
+        std::memcpy(transformed.data(), x, n * ivf_->d * sizeof(float));
+    }
+    ivf_->quantizer->search(n, x, nprobe, coarse.data(), lists.data());
+}
+
+ScanStats IvfIndex::scan(rust::Slice<const float> queries, size_t k, size_t nprobe,
+                         rust::Slice<const int64_t> lists, rust::Slice<const float> coarse,
+                         rust::Slice<const ListBytes> data, rust::Slice<float> distances,
+                         rust::Slice<int64_t> labels) const {
+    if (!ivf_) throw std::logic_error("index type is not searchable");
+    OmpThreads one{1};
+    size_t d = ivf_->d;
+    size_t n = queries.size() / d;
+    check_len("assignment", lists.size(), n * nprobe);
+    check_len("coarse distances", coarse.size(), n * nprobe);
+    check_len("distance buffer", distances.size(), n * k);
+    check_len("label buffer", labels.size(), n * k);
+    size_t code_size = ivf_->code_size;
+    bool ip = ivf_->metric_type == faiss::METRIC_INNER_PRODUCT;
+
+    std::unique_ptr<faiss::InvertedListScanner> scanner(ivf_->get_InvertedListScanner(false));
+    std::vector<float> spare_codes;
+    std::vector<int64_t> spare_ids;
+    ScanStats stats{};
+
+    // Same loop as IndexIVF::search_preassigned (one query at a time, probes in
+    // assignment order, same heap), so results equal FAISS's own search.
+    for (size_t i = 0; i < n; i++) {
+        float* dis = distances.data() + i * k;
+        int64_t* ids = labels.data() + i * k;
+        if (ip) {
+            faiss::heap_heapify<faiss::CMin<float, int64_t>>(k, dis, ids);
+        } else {
+            faiss::heap_heapify<faiss::CMax<float, int64_t>>(k, dis, ids);
+        }
+        scanner->set_query(queries.data() + i * d);
+        for (size_t p = 0; p < nprobe; p++) {
+            int64_t key = lists[i * nprobe + p];
+            if (key < 0) continue;
+            if (size_t(key) >= sizes_.size()) {
+                throw std::out_of_range("quantizer returned list " + std::to_string(key) +
+                                        " beyond nlist " + std::to_string(sizes_.size()));
+            }
+            size_t size = sizes_[key];
+            if (size == 0) continue;
+            auto it = std::lower_bound(data.begin(), data.end(), key,
+                                       [](const ListBytes& l, int64_t key) { return l.list_no < key; });
+            if (it == data.end() || it->list_no != key) {
+                throw std::invalid_argument("bytes of list " + std::to_string(key) +
+                                            " were not provided");
+            }
+            size_t codes_len = size * code_size;
+            if (it->bytes.size() != codes_len + size * 8) {
+                throw std::invalid_argument("list " + std::to_string(key) + " has " +
+                                            std::to_string(it->bytes.size()) +
+                                            " bytes, expected " +
+                                            std::to_string(codes_len + size * 8));
+            }
+            const uint8_t* codes = it->bytes.data();
+            if (code_size % 4 == 0) {
+                codes = reinterpret_cast<const uint8_t*>(
+                        aligned<float>(codes, codes_len / 4, spare_codes));
+            }
+            const int64_t* list_ids = aligned<int64_t>(it->bytes.data() + codes_len, size, spare_ids);
+            scanner->set_list(key, coarse[i * nprobe + p]);
+            stats.heap_updates += scanner->scan_codes(size, codes, list_ids, dis, ids, k);
+            stats.lists_scanned += 1;
+            stats.codes_scanned += size;
+        }
+        if (ip) {
+            faiss::heap_reorder<faiss::CMin<float, int64_t>>(k, dis, ids);
+        } else {
+            faiss::heap_reorder<faiss::CMax<float, int64_t>>(k, dis, ids);
+        }
+    }
+    for (const auto* map : id_maps_) {
+        for (auto& l : labels) {
+            if (l < 0) continue;
+            if (size_t(l) >= map->size()) {
+                throw std::out_of_range("label " + std::to_string(l) + " beyond the id map (" +
+                                        std::to_string(map->size()) + " entries)");
+            }
+            l = (*map)[l];
+        }
+    }
+    return stats;
+}
+
+std::unique_ptr<IvfIndex> open_index(HeaderSource& src) {
+    register_hook();
+    HeaderReader reader(src);
+    std::unique_ptr<faiss::Index> root(faiss::read_index(&reader, hook_flags()));
+    if (!reader.lists_seen) {
+        throw std::runtime_error("index has no inverted-list section that can be read in place");
+    }
+    return std::make_unique<IvfIndex>(std::move(root), reader.data_start, reader.data_end,
+                                      std::move(reader.sizes));
+}
+
+FaissIndex::FaissIndex(faiss::Index* index) : index_(index) {}
+FaissIndex::~FaissIndex() = default;
+
+IndexInfo FaissIndex::info() const { return make_info(index_.get(), unwrap(index_.get())); }
+
+void FaissIndex::train(rust::Slice<const float> x, size_t threads) {
+    OmpThreads t{int(threads)};
+    index_->train(x.size() / index_->d, x.data());
+}
+
+void FaissIndex::add(rust::Slice<const float> x, rust::Slice<const int64_t> ids, size_t threads) {
+    OmpThreads t{int(threads)};
+    size_t n = x.size() / index_->d;
+    check_len("ids", ids.size(), n);
+    index_->add_with_ids(n, x.data(), ids.data());
+}
+
+void FaissIndex::write_file(rust::Str path) const {
+    faiss::write_index(index_.get(), std::string(path).c_str());
+}
+
+void FaissIndex::search(rust::Slice<const float> queries, size_t k, size_t nprobe,
+                        rust::Slice<float> distances, rust::Slice<int64_t> labels) const {
+    OmpThreads one{1};
+    size_t n = queries.size() / index_->d;
+    check_len("distance buffer", distances.size(), n * k);
+    check_len("label buffer", labels.size(), n * k);
+    faiss::SearchParametersIVF params;
+    params.nprobe = nprobe;
+    index_->search(n, queries.data(), k, distances.data(), labels.data(), &params);
+}
+
+std::unique_ptr<FaissIndex> new_index(size_t d, rust::Str factory, int32_t metric) {
+    std::string spec(factory);
+    return std::make_unique<FaissIndex>(
+            faiss::index_factory(int(d), spec.c_str(), faiss::MetricType(metric)));
+}
+
+std::unique_ptr<FaissIndex> read_full(rust::Slice<const uint8_t> bytes) {
+    faiss::VectorIOReader reader;
+    reader.data.assign(bytes.begin(), bytes.end());
+    return std::make_unique<FaissIndex>(faiss::read_index(&reader));
+}
+
+}  // namespace dff

@@ -1,0 +1,69 @@
+use std::ops::Range;
+
+use object_store::path::Path;
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Every failure names the object (and offset, list or dimension) it concerns.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    #[error("{path}: index object not found")]
+    NotFound { path: Path },
+
+    #[error("{path}: object store error: {source}")]
+    Store {
+        path: Path,
+        #[source]
+        source: object_store::Error,
+    },
+
+    #[error("{path}: truncated FAISS file: needs bytes {needed:?} but the object has {size} bytes")]
+    Truncated { path: Path, needed: Range<u64>, size: u64 },
+
+    #[error("{path}: not a FAISS IVF index: {detail}")]
+    NotFaiss { path: Path, detail: String },
+
+    #[error("{path}: unsupported index type {type_name} (supported: IVFFlat, IVFScalarQuantizer, IVFPQ, optionally inside IndexPreTransform and IDMap/IDMap2)")]
+    Unsupported { path: Path, type_name: String },
+
+    #[error("{path}: list-size table puts list data at bytes {lists:?}, but the object has {size} bytes")]
+    ListsBeyondEnd { path: Path, lists: Range<u64>, size: u64 },
+
+    #[error("{path}: list {list} (bytes {range:?}): expected {expected} bytes, got {got}")]
+    ShortRead { path: Path, list: usize, range: Range<u64>, expected: u64, got: u64 },
+
+    #[error("{path}: fetching list {list} (bytes {range:?}) failed: {source}")]
+    Fetch {
+        path: Path,
+        list: usize,
+        range: Range<u64>,
+        #[source]
+        source: object_store::Error,
+    },
+
+    #[error("{path}: index changed since it was opened (opened at ETag {opened})")]
+    Changed { path: Path, opened: String },
+
+    #[error("invalid search: {0}")]
+    InvalidSearch(String),
+
+    #[error("{context}: FAISS error: {message}")]
+    Faiss { context: String, message: String },
+
+    #[error("building index: {0}")]
+    Build(String),
+}
+
+impl Error {
+    pub(crate) fn faiss(context: impl Into<String>, e: cxx::Exception) -> Self {
+        Error::Faiss { context: context.into(), message: e.what().to_string() }
+    }
+
+    pub(crate) fn store(path: &Path, source: object_store::Error) -> Self {
+        match source {
+            object_store::Error::NotFound { .. } => Error::NotFound { path: path.clone() },
+            source => Error::Store { path: path.clone(), source },
+        }
+    }
+}

@@ -1,0 +1,240 @@
+//! Byte access to an index object: the header read at open (blocking reads served from a
+//! few range GETs) and the inverted lists fetched per search (one concurrent wave of
+//! range GETs). Every GET after the first is pinned to the ETag seen at open.
+
+use std::ops::Range;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures::{StreamExt, TryStreamExt};
+use object_store::path::Path;
+use object_store::{GetOptions, GetRange, ObjectStore, ObjectStoreExt};
+use tokio::runtime::Handle;
+
+use crate::error::{Error, Result};
+
+/// First range read at open: enough for the header of small indexes; larger ones take
+/// one more GET sized from what FAISS asks for.
+const FIRST_READ: u64 = 64 * 1024;
+/// Read past a FAISS read request so the small fields after a large array come along.
+const READ_AHEAD: u64 = 64 * 1024;
+
+/// An index object pinned to the version seen when it was opened.
+#[derive(Clone)]
+pub(crate) struct Object {
+    pub store: Arc<dyn ObjectStore>,
+    pub path: Path,
+    pub size: u64,
+    pub e_tag: Option<String>,
+}
+
+impl Object {
+    async fn get(&self, range: Range<u64>) -> object_store::Result<Bytes> {
+        let options = GetOptions {
+            range: Some(GetRange::Bounded(range)),
+            if_match: self.e_tag.clone(),
+            ..Default::default()
+        };
+        self.store.get_opts(&self.path, options).await?.bytes().await
+    }
+
+    fn changed_or(&self, e: object_store::Error, other: impl FnOnce(object_store::Error) -> Error) -> Error {
+        match e {
+            object_store::Error::Precondition { .. } | object_store::Error::NotFound { .. } => Error::Changed {
+                path: self.path.clone(),
+                opened: self.e_tag.clone().unwrap_or_default(),
+            },
+            e => other(e),
+        }
+    }
+}
+
+/// Serves FAISS's header reads from range GETs. FAISS calls `read_at` synchronously, so
+/// the whole header parse runs on a blocking thread and fetches with `Handle::block_on`.
+pub struct HeaderSource {
+    object: Object,
+    /// Fetched byte segments, sorted by start, not overlapping.
+    segments: Vec<(u64, Bytes)>,
+    /// End of the last read FAISS made: a read starting later skipped the list data.
+    last_end: u64,
+    runtime: Handle,
+    /// The typed error behind a failed read; FAISS only carries its message.
+    pub(crate) failure: Option<Error>,
+    pub(crate) gets: u64,
+    pub(crate) bytes: u64,
+}
+
+impl HeaderSource {
+    /// Issues the first range GET, which also tells the object's size and ETag.
+    pub(crate) async fn start(store: Arc<dyn ObjectStore>, path: Path) -> Result<Self> {
+        let options = GetOptions { range: Some(GetRange::Bounded(0..FIRST_READ)), ..Default::default() };
+        let result = match store.get_opts(&path, options).await {
+            Ok(r) => r,
+            Err(e @ object_store::Error::NotFound { .. }) => return Err(Error::store(&path, e)),
+            // No range of an empty object exists: say so rather than echo the range error.
+            Err(e) => {
+                return Err(match store.head(&path).await {
+                    Ok(meta) if meta.size == 0 => Error::NotFaiss { path, detail: "the object is empty".into() },
+                    _ => Error::store(&path, e),
+                })
+            }
+        };
+        let meta = result.meta.clone();
+        let range = result.range.clone();
+        let first = result.bytes().await.map_err(|e| Error::store(&path, e))?;
+        if first.len() as u64 != range.end - range.start {
+            return Err(Error::Truncated { path, needed: range, size: first.len() as u64 });
+        }
+        let object = Object { store, path, size: meta.size, e_tag: meta.e_tag };
+        Ok(HeaderSource {
+            object,
+            segments: vec![(range.start, first.clone())],
+            last_end: 0,
+            runtime: Handle::current(),
+            failure: None,
+            gets: 1,
+            bytes: first.len() as u64,
+        })
+    }
+
+    pub(crate) fn object(&self) -> &Object {
+        &self.object
+    }
+
+    /// Bytes `[at, at + n)` if they were fetched already (no I/O).
+    pub(crate) fn peek(&self, at: u64, n: u64) -> Option<&[u8]> {
+        let (start, seg) = self.segments.iter().find(|(s, b)| *s <= at && at + n <= s + b.len() as u64)?;
+        let from = (at - start) as usize;
+        Some(&seg[from..from + n as usize])
+    }
+
+    pub(crate) fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> std::result::Result<(), String> {
+        self.read(offset, buf).map_err(|e| {
+            let message = e.to_string();
+            self.failure = Some(e);
+            message
+        })
+    }
+
+    fn read(&mut self, offset: u64, buf: &mut [u8]) -> Result<()> {
+        let size = self.object.size;
+        let path = &self.object.path;
+        let end = offset.checked_add(buf.len() as u64).filter(|&e| e <= size);
+        let Some(end) = end else {
+            let needed = offset..offset.saturating_add(buf.len() as u64);
+            return Err(if offset > self.last_end && offset > size {
+                Error::ListsBeyondEnd { path: path.clone(), lists: self.last_end..offset, size }
+            } else {
+                Error::Truncated { path: path.clone(), needed, size }
+            });
+        };
+        let skipped = offset > self.last_end;
+        let mut pos = offset;
+        while pos < end {
+            let i = self.segments.partition_point(|(s, _)| *s <= pos);
+            if i > 0 {
+                let (start, seg) = &self.segments[i - 1];
+                let seg_end = start + seg.len() as u64;
+                if pos < seg_end {
+                    let n = (end.min(seg_end) - pos) as usize;
+                    let from = (pos - start) as usize;
+                    let to = (pos - offset) as usize;
+                    buf[to..to + n].copy_from_slice(&seg[from..from + n]);
+                    pos += n as u64;
+                    continue;
+                }
+            }
+            // After the skipped list data comes the tail (e.g. IDMap's id map), which FAISS
+            // reads whole: fetch it to the end in one GET.
+            let mut fetch_end = if skipped { size } else { (end + READ_AHEAD).min(size) };
+            if let Some((next, _)) = self.segments.get(i) {
+                fetch_end = fetch_end.min(*next).max(end.min(*next));
+            }
+            let range = pos..fetch_end;
+            let object = self.object.clone();
+            let got = self
+                .runtime
+                .block_on(object.get(range.clone()))
+                .map_err(|e| object.changed_or(e, |e| Error::store(&object.path, e)))?;
+            if (got.len() as u64) != range.end - range.start {
+                return Err(Error::Truncated { path: path.clone(), needed: range, size: got.len() as u64 });
+            }
+            self.gets += 1;
+            self.bytes += got.len() as u64;
+            self.segments.insert(i, (pos, got));
+        }
+        self.last_end = end;
+        Ok(())
+    }
+}
+
+/// Counts of one fetch.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct FetchStats {
+    pub gets: u64,
+    pub bytes: u64,
+}
+
+/// Fetches inverted lists by byte range.
+pub(crate) struct ListFetcher {
+    object: Object,
+    /// `offsets[i]..offsets[i + 1]` holds list `i`.
+    offsets: Vec<u64>,
+    max_in_flight: usize,
+}
+
+impl ListFetcher {
+    pub(crate) fn new(object: Object, offsets: Vec<u64>, max_in_flight: usize) -> Self {
+        ListFetcher { object, offsets, max_in_flight: max_in_flight.max(1) }
+    }
+
+    pub(crate) fn path(&self) -> &Path {
+        &self.object.path
+    }
+
+    pub(crate) fn range(&self, list: usize) -> Range<u64> {
+        self.offsets[list]..self.offsets[list + 1]
+    }
+
+    /// Fetches the given lists (sorted, distinct, non-empty) in one concurrent wave of
+    /// range GETs, one GET per run of byte-adjacent lists.
+    pub(crate) async fn fetch(&self, lists: &[usize]) -> Result<(Vec<(usize, Bytes)>, FetchStats)> {
+        let mut runs: Vec<Range<usize>> = Vec::new();
+        for (i, &list) in lists.iter().enumerate() {
+            match runs.last_mut() {
+                Some(run) if self.range(lists[run.end - 1]).end == self.range(list).start => run.end = i + 1,
+                _ => runs.push(i..i + 1),
+            }
+        }
+        let gets = runs.len() as u64;
+        let parts: Vec<Vec<(usize, Bytes)>> = futures::stream::iter(runs)
+            .map(|run| self.fetch_run(&lists[run]))
+            .buffer_unordered(self.max_in_flight)
+            .try_collect()
+            .await?;
+        let mut out: Vec<(usize, Bytes)> = parts.into_iter().flatten().collect();
+        out.sort_unstable_by_key(|(list, _)| *list);
+        let bytes = out.iter().map(|(_, b)| b.len() as u64).sum();
+        Ok((out, FetchStats { gets, bytes }))
+    }
+
+    async fn fetch_run(&self, lists: &[usize]) -> Result<Vec<(usize, Bytes)>> {
+        let first = lists[0];
+        let range = self.range(first).start..self.range(lists[lists.len() - 1]).end;
+        let object = &self.object;
+        let got = object.get(range.clone()).await.map_err(|e| {
+            object.changed_or(e, |source| Error::Fetch { path: object.path.clone(), list: first, range: range.clone(), source })
+        })?;
+        let expected = range.end - range.start;
+        if got.len() as u64 != expected {
+            return Err(Error::ShortRead { path: object.path.clone(), list: first, range, expected, got: got.len() as u64 });
+        }
+        Ok(lists
+            .iter()
+            .map(|&list| {
+                let r = self.range(list);
+                (list, got.slice((r.start - range.start) as usize..(r.end - range.start) as usize))
+            })
+            .collect())
+    }
+}

@@ -1,0 +1,286 @@
+//! A FAISS IVF index opened header-only from an object store and searched by fetching
+//! only the inverted lists a query probes.
+
+mod build;
+mod format;
+mod memory;
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use object_store::path::Path;
+use object_store::ObjectStore;
+
+use crate::error::{Error, Result};
+use crate::fetch::{FetchStats, HeaderSource, ListFetcher};
+use crate::ffi::bridge;
+
+pub use build::IvfIndexBuilder;
+pub use memory::InMemoryIndex;
+
+/// Distance of an index, as FAISS numbers it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Metric {
+    /// Squared Euclidean distance (FAISS `METRIC_L2`): smaller is closer.
+    L2,
+    /// Inner product (FAISS `METRIC_INNER_PRODUCT`): larger is closer.
+    InnerProduct,
+}
+
+impl Metric {
+    pub(crate) fn from_faiss(m: i32) -> Option<Metric> {
+        match m {
+            0 => Some(Metric::InnerProduct),
+            1 => Some(Metric::L2),
+            _ => None,
+        }
+    }
+
+    pub(crate) fn to_faiss(self) -> i32 {
+        match self {
+            Metric::InnerProduct => 0,
+            Metric::L2 => 1,
+        }
+    }
+}
+
+/// What the header of an index file says, and where its parts lie.
+#[derive(Debug, Clone, PartialEq)]
+pub struct IndexInfo {
+    /// Dimension of the vectors searched.
+    pub dimension: usize,
+    pub metric: Metric,
+    pub nlist: usize,
+    pub ntotal: u64,
+    /// Bytes per vector in the inverted lists.
+    pub code_size: usize,
+    /// Factory-like description, e.g. `OPQ16_64,IVF1024,PQ16x8`.
+    pub description: String,
+    pub file_size: u64,
+    /// Byte range of the inverted-list data; the header is before it, a tail (IDMap's id
+    /// map) may follow it.
+    pub lists: std::ops::Range<u64>,
+}
+
+/// Settings of an opened index.
+#[derive(Debug, Clone)]
+pub struct OpenOptions {
+    /// Range GETs a search keeps in flight at once.
+    pub max_in_flight: usize,
+}
+
+impl Default for OpenOptions {
+    fn default() -> Self {
+        OpenOptions { max_in_flight: 64 }
+    }
+}
+
+/// Counts of one search.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct SearchStats {
+    /// Distinct non-empty lists the queries probed.
+    pub lists_probed: u64,
+    /// Range GET requests issued.
+    pub gets: u64,
+    /// Bytes those GETs returned.
+    pub bytes_fetched: u64,
+    /// Vectors (codes) compared against a query.
+    pub codes_scanned: u64,
+}
+
+/// Results of a batch of `n` queries: row `i` holds `k` neighbours, closest first.
+/// Where fewer than `k` candidates exist, a row is padded with id -1 (as FAISS does) and
+/// distance `+inf` (L2) or `-inf` (inner product).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SearchResult {
+    pub k: usize,
+    pub ids: Vec<i64>,
+    pub distances: Vec<f32>,
+    pub stats: SearchStats,
+}
+
+/// An IVF index opened without its list data. Cheap to share (`Arc`) and search from
+/// many tasks at once.
+pub struct IvfIndex {
+    inner: Arc<cxx::UniquePtr<bridge::IvfIndex>>,
+    info: IndexInfo,
+    sizes: Vec<u64>,
+    /// Dimension inside the IVF index, after the transforms (if any).
+    d_ivf: usize,
+    transforms: bool,
+    fetcher: ListFetcher,
+    open_stats: FetchStats,
+}
+
+impl std::fmt::Debug for IvfIndex {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IvfIndex").field("info", &self.info).finish_non_exhaustive()
+    }
+}
+
+impl IvfIndex {
+    /// Opens the index at `path`, reading its header (and the tail after the lists, if
+    /// any) but no list data.
+    pub async fn open(store: Arc<dyn ObjectStore>, path: &Path) -> Result<IvfIndex> {
+        Self::open_with(store, path, OpenOptions::default()).await
+    }
+
+    pub async fn open_with(store: Arc<dyn ObjectStore>, path: &Path, options: OpenOptions) -> Result<IvfIndex> {
+        let mut src = HeaderSource::start(store, path.clone()).await?;
+        format::check_type(&src)?;
+        let (inner, src) = tokio::task::spawn_blocking(move || {
+            let opened = bridge::open_index(&mut src);
+            (opened, src)
+        })
+        .await
+        .expect("header parse task panicked");
+        let object = src.object().clone();
+        let inner = match (inner, src.failure) {
+            (Ok(inner), _) => inner,
+            (Err(_), Some(failure)) => return Err(failure),
+            (Err(e), None) => return Err(Error::NotFaiss { path: object.path, detail: e.what().to_string() }),
+        };
+        let raw = inner.info();
+        if !raw.unsupported.is_empty() {
+            return Err(Error::Unsupported { path: object.path, type_name: raw.unsupported });
+        }
+        let metric = Metric::from_faiss(raw.metric).ok_or_else(|| Error::Unsupported {
+            path: object.path.clone(),
+            type_name: format!("{} with FAISS metric {}", raw.description, raw.metric),
+        })?;
+        if raw.data_end > object.size {
+            return Err(Error::ListsBeyondEnd { path: object.path, lists: raw.data_start..raw.data_end, size: object.size });
+        }
+        let sizes = inner.list_sizes();
+        let mut offsets = Vec::with_capacity(sizes.len() + 1);
+        let mut at = raw.data_start;
+        offsets.push(at);
+        for &s in &sizes {
+            at += s * (raw.code_size as u64 + 8);
+            offsets.push(at);
+        }
+        let info = IndexInfo {
+            dimension: raw.d,
+            metric,
+            nlist: raw.nlist,
+            ntotal: raw.ntotal.max(0) as u64,
+            code_size: raw.code_size,
+            description: raw.description.clone(),
+            file_size: object.size,
+            lists: raw.data_start..raw.data_end,
+        };
+        Ok(IvfIndex {
+            inner: Arc::new(inner),
+            info,
+            sizes,
+            d_ivf: raw.d_ivf,
+            transforms: raw.transforms > 0,
+            fetcher: ListFetcher::new(object, offsets, options.max_in_flight),
+            open_stats: FetchStats { gets: src.gets, bytes: src.bytes },
+        })
+    }
+
+    pub fn info(&self) -> &IndexInfo {
+        &self.info
+    }
+
+    /// Number of vectors in each inverted list.
+    pub fn cluster_sizes(&self) -> &[u64] {
+        &self.sizes
+    }
+
+    /// Byte range of list `list` in the index object (empty for an empty list).
+    pub fn list_range(&self, list: usize) -> std::ops::Range<u64> {
+        self.fetcher.range(list)
+    }
+
+    /// GETs and bytes the open cost.
+    pub fn open_stats(&self) -> FetchStats {
+        self.open_stats
+    }
+
+    /// Searches `queries` (`n × dimension`, row-major) for the `k` nearest neighbours of
+    /// each, probing `nprobe` lists per query (capped at nlist). Results equal FAISS's
+    /// own search of the same file with the same nprobe.
+    pub async fn search(&self, queries: &[f32], k: usize, nprobe: usize) -> Result<SearchResult> {
+        let d = self.info.dimension;
+        check_queries(queries, d)?;
+        if k == 0 {
+            return Err(Error::InvalidSearch("k must be at least 1".into()));
+        }
+        if nprobe == 0 {
+            return Err(Error::InvalidSearch("nprobe must be at least 1".into()));
+        }
+        let n = queries.len() / d;
+        let nprobe = nprobe.min(self.info.nlist);
+        let context = || format!("searching {}", self.fetcher.path());
+
+        let queries: Arc<[f32]> = queries.into();
+        let inner = self.inner.clone();
+        let (lists, coarse, transformed) = {
+            let queries = queries.clone();
+            let transformed_len = if self.transforms { n * self.d_ivf } else { 0 };
+            tokio::task::spawn_blocking(move || {
+                let mut lists = vec![0i64; n * nprobe];
+                let mut coarse = vec![0f32; n * nprobe];
+                let mut transformed = vec![0f32; transformed_len];
+                inner.assign(&queries, nprobe, &mut lists, &mut coarse, &mut transformed).map(|()| (lists, coarse, transformed))
+            })
+            .await
+            .expect("quantizer task panicked")
+            .map_err(|e| Error::faiss(context(), e))?
+        };
+
+        let mut needed: Vec<usize> =
+            lists.iter().filter(|&&l| l >= 0 && self.sizes.get(l as usize).is_some_and(|&s| s > 0)).map(|&l| l as usize).collect();
+        needed.sort_unstable();
+        needed.dedup();
+        let (data, fetched) = self.fetcher.fetch(&needed).await?;
+
+        let inner = self.inner.clone();
+        let scanned = tokio::task::spawn_blocking(move || {
+            let views: Vec<bridge::ListBytes> =
+                data.iter().map(|(list, bytes): &(usize, Bytes)| bridge::ListBytes { list_no: *list as i64, bytes }).collect();
+            let x: &[f32] = if transformed.is_empty() { &queries } else { &transformed };
+            let mut distances = vec![0f32; n * k];
+            let mut ids = vec![0i64; n * k];
+            inner.scan(x, k, nprobe, &lists, &coarse, &views, &mut distances, &mut ids).map(|s| (distances, ids, s))
+        })
+        .await
+        .expect("scan task panicked");
+        let (distances, ids, scan) = scanned.map_err(|e| Error::faiss(context(), e))?;
+        Ok(SearchResult {
+            k,
+            ids,
+            distances,
+            stats: SearchStats {
+                lists_probed: needed.len() as u64,
+                gets: fetched.gets,
+                bytes_fetched: fetched.bytes,
+                codes_scanned: scan.codes_scanned,
+            },
+        })
+    }
+}
+
+/// Rejects empty batches, ragged lengths and non-finite components, naming where.
+pub(crate) fn check_queries(queries: &[f32], d: usize) -> Result<()> {
+    if queries.is_empty() {
+        return Err(Error::InvalidSearch("no query vectors given".into()));
+    }
+    if queries.len() % d != 0 {
+        return Err(Error::InvalidSearch(format!(
+            "query length {} is not a multiple of the index dimension {d}",
+            queries.len()
+        )));
+    }
+    if let Some(at) = queries.iter().position(|v| !v.is_finite()) {
+        return Err(Error::InvalidSearch(format!(
+            "query {} has a non-finite value ({}) at component {}",
+            at / d,
+            queries[at],
+            at % d
+        )));
+    }
+    Ok(())
+}

@@ -1,0 +1,15 @@
+//! Search FAISS IVF indexes kept on object storage, fetching only the inverted lists a
+//! query probes.
+//!
+//! Layers, each talking only to the one below: [`index`] (open, search, build) over
+//! `fetch` (range GETs against any `object_store` store) and `ffi` (the `cxx` bridge to
+//! FAISS in `cpp/`).
+
+mod error;
+mod fetch;
+mod ffi;
+pub mod index;
+
+pub use error::{Error, Result};
+pub use fetch::FetchStats;
+pub use index::{InMemoryIndex, IndexInfo, IvfIndex, IvfIndexBuilder, Metric, OpenOptions, SearchResult, SearchStats};
