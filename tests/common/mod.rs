@@ -1,0 +1,111 @@
+//! Shared test helpers: deterministic data, index fixtures (written by this crate and by
+//! Python FAISS), stores, and comparison against FAISS's own search.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::Arc;
+
+use datafusion_faiss::{InMemoryIndex, IvfIndexBuilder, Metric, SearchResult};
+use object_store::memory::InMemory;
+use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+
+/// Deterministic clustered vectors: `n × d`, around `centers` random centres.
+pub fn clustered(n: usize, d: usize, centers: usize, seed: u64) -> Vec<f32> {
+    let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
+    let c: Vec<f32> = (0..centers * d).map(|_| rng.unit() * 10.0).collect();
+    let mut out = Vec::with_capacity(n * d);
+    for _ in 0..n {
+        let k = (rng.next() % centers as u64) as usize;
+        for j in 0..d {
+            out.push(c[k * d + j] + rng.unit());
+        }
+    }
+    out
+}
+
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn next(&mut self) -> u64 {
+        // xorshift64*
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+    /// Uniform in [-1, 1).
+    pub fn unit(&mut self) -> f32 {
+        (self.next() >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+    }
+}
+
+pub fn ids(n: usize) -> Vec<i64> {
+    (0..n as i64).map(|i| i * 3 + 11).collect()
+}
+
+/// Index bytes built by this crate.
+pub async fn build_ours(x: &[f32], d: usize, factory: &str, metric: Metric) -> Vec<u8> {
+    let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+    let path = Path::from("built.faiss");
+    let (x, factory) = (x.to_vec(), factory.to_string());
+    let builder = tokio::task::spawn_blocking(move || {
+        let mut b = IvfIndexBuilder::new(d, &factory, metric).unwrap().threads(2);
+        b.train(&x).unwrap();
+        b.add(&x, &ids(x.len() / d)).unwrap();
+        b
+    })
+    .await
+    .unwrap();
+    builder.write(store.clone(), &path).await.unwrap();
+    store.get(&path).await.unwrap().bytes().await.unwrap().to_vec()
+}
+
+/// Index bytes written by Debian's python3-faiss.
+pub fn build_python(x: &[f32], d: usize, factory: &str, metric: Metric) -> Vec<u8> {
+    let dir = tempfile::tempdir().unwrap();
+    let vectors = dir.path().join("x.f32");
+    let out = dir.path().join("index.faiss");
+    std::fs::write(&vectors, x.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>()).unwrap();
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/python/write_index.py");
+    let metric = if metric == Metric::L2 { "l2" } else { "ip" };
+    let status = Command::new("/usr/bin/python3")
+        .args([script.as_os_str(), vectors.as_os_str(), d.to_string().as_ref(), factory.as_ref(), metric.as_ref(), out.as_os_str()])
+        .status()
+        .expect("running /usr/bin/python3 (python3-faiss): run scripts/setup.sh");
+    assert!(status.success(), "python3-faiss failed to write {factory}");
+    std::fs::read(out).unwrap()
+}
+
+pub async fn memory_store_with(bytes: &[u8], name: &str) -> (Arc<dyn ObjectStore>, Path) {
+    let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+    let path = Path::from(name);
+    store.put(&path, PutPayload::from(bytes.to_vec())).await.unwrap();
+    (store, path)
+}
+
+/// FAISS's own search over the whole file.
+pub fn reference(bytes: &[u8], queries: &[f32], k: usize, nprobe: usize) -> (Vec<i64>, Vec<f32>) {
+    InMemoryIndex::from_bytes(bytes).unwrap().search(queries, k, nprobe).unwrap()
+}
+
+/// Same ids rank by rank, distances equal within 1e-5 relative; ids of equal distance
+/// may swap, and a tie at the k-th place may be broken either way.
+pub fn assert_same(ours: &SearchResult, reference: &(Vec<i64>, Vec<f32>), what: &str) {
+    let (ref_ids, ref_dis) = reference;
+    let k = ours.k;
+    assert_eq!(ours.ids.len(), ref_ids.len(), "{what}: result length");
+    let close = |a: f32, b: f32| a == b || (a - b).abs() <= 1e-5 * a.abs().max(b.abs()).max(1.0);
+    for (q, (row, ref_row)) in ours.ids.chunks(k).zip(ref_ids.chunks(k)).enumerate() {
+        let dis = &ours.distances[q * k..(q + 1) * k];
+        let ref_d = &ref_dis[q * k..(q + 1) * k];
+        for r in 0..k {
+            assert!(close(dis[r], ref_d[r]), "{what}: query {q} rank {r}: distance {} vs FAISS {}", dis[r], ref_d[r]);
+            if row[r] != ref_row[r] {
+                let tied = (0..k).any(|s| ref_row[s] == row[r] && close(ref_d[s], dis[r])) || close(dis[r], ref_d[k - 1]);
+                assert!(tied, "{what}: query {q} rank {r}: id {} vs FAISS {} (distance {})", row[r], ref_row[r], dis[r]);
+            }
+        }
+    }
+}

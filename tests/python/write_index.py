@@ -1,0 +1,18 @@
+"""Writes a FAISS index with Debian's python3-faiss: fixtures from a second implementation.
+
+usage: write_index.py VECTORS(f32 raw) DIM FACTORY METRIC(l2|ip) OUT
+Vectors are trained on and added with ids 3*i + 11.
+"""
+import sys
+
+import faiss
+import numpy as np
+
+vectors, dim, factory, metric, out = sys.argv[1:6]
+x = np.fromfile(vectors, dtype=np.float32).reshape(-1, int(dim))
+metric = faiss.METRIC_L2 if metric == "l2" else faiss.METRIC_INNER_PRODUCT
+faiss.omp_set_num_threads(2)
+index = faiss.index_factory(int(dim), factory, metric)
+index.train(x)
+index.add_with_ids(x, np.arange(len(x), dtype=np.int64) * 3 + 11)
+faiss.write_index(index, out)

@@ -1,0 +1,124 @@
+//! Results of header-only search equal FAISS's own search of the same file, for every
+//! supported index type, both metrics, files written by this crate and by Python FAISS.
+mod common;
+
+use std::sync::Arc;
+
+use common::*;
+use datafusion_faiss::{IvfIndex, Metric};
+
+const D: usize = 32;
+const N: usize = 3000;
+
+/// (factory, metric) pairs covering every supported type and wrapper. `np`: no
+/// polysemous training, which takes minutes here and does not change the file layout.
+const CASES: &[(&str, Metric)] = &[
+    ("IVF32,Flat", Metric::L2),
+    ("IVF32,Flat", Metric::InnerProduct),
+    ("IVF32,SQ8", Metric::L2),
+    ("IVF32,SQ8", Metric::InnerProduct),
+    ("IVF32,SQ4", Metric::L2),
+    ("IVF32,SQfp16", Metric::InnerProduct),
+    ("IVF32,PQ8np", Metric::L2),
+    ("IVF32,PQ8np", Metric::InnerProduct),
+    ("OPQ8,IVF32,PQ8np", Metric::L2),
+    ("PCA16,IVF32,SQ8", Metric::L2),
+    ("IDMap,IVF32,Flat", Metric::L2),
+    ("IDMap2,IVF32,PQ8np", Metric::InnerProduct),
+    ("IDMap2,OPQ8,IVF32,PQ8np", Metric::L2),
+];
+
+async fn check_file(bytes: &[u8], what: &str) {
+    let (store, path) = memory_store_with(bytes, "index.faiss").await;
+    let index = IvfIndex::open(store, &path).await.unwrap_or_else(|e| panic!("{what}: open: {e}"));
+    let info = index.info();
+    assert_eq!(info.dimension, D, "{what}");
+    assert_eq!(info.nlist, 32, "{what}");
+    assert_eq!(info.ntotal, N as u64, "{what}");
+    assert_eq!(index.cluster_sizes().iter().sum::<u64>(), N as u64, "{what}");
+    let queries = clustered(25, D, 12, 99);
+    for (k, nprobe) in [(10, 1), (10, 4), (7, 32), (10, 1000)] {
+        let ours = index.search(&queries, k, nprobe).await.unwrap();
+        assert_same(&ours, &reference(bytes, &queries, k, nprobe), &format!("{what} k={k} nprobe={nprobe}"));
+        assert!(ours.stats.lists_probed <= (25 * nprobe.min(32)) as u64);
+    }
+    // More neighbours than candidates: padded with -1, as FAISS does.
+    let one = &queries[..D];
+    let ours = index.search(one, N + 50, 1).await.unwrap();
+    assert_same(&ours, &reference(bytes, one, N + 50, 1), &format!("{what} k > candidates"));
+    assert!(ours.ids.ends_with(&[-1; 50]), "{what}: padding");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn equals_faiss_for_files_we_write() {
+    let x = clustered(N, D, 12, 1);
+    for &(factory, metric) in CASES {
+        let bytes = build_ours(&x, D, factory, metric).await;
+        check_file(&bytes, &format!("ours {factory} {metric:?}")).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn equals_faiss_for_files_python_faiss_writes() {
+    let x = clustered(N, D, 12, 2);
+    for &(factory, metric) in CASES {
+        let bytes = build_python(&x, D, factory, metric);
+        check_file(&bytes, &format!("python {factory} {metric:?}")).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_searches_share_one_index() {
+    let x = clustered(N, D, 12, 3);
+    let bytes = Arc::new(build_ours(&x, D, "IVF32,SQ8", Metric::L2).await);
+    let (store, path) = memory_store_with(&bytes, "shared.faiss").await;
+    let index = Arc::new(IvfIndex::open(store, &path).await.unwrap());
+    let tasks: Vec<_> = (0..48)
+        .map(|i| {
+            let (index, bytes) = (index.clone(), bytes.clone());
+            tokio::spawn(async move {
+                let q = clustered(1 + i % 3, D, 12, 1000 + i as u64);
+                let nprobe = 1 + i % 8;
+                let ours = index.search(&q, 10, nprobe).await.unwrap();
+                assert_same(&ours, &reference(&bytes, &q, 10, nprobe), &format!("task {i}"));
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn open_reads_header_only_and_search_fetches_probed_lists() {
+    // 256 lists of 64-d centroids: a 64 KiB header, more than the first read.
+    let d = 64;
+    let x = clustered(20_000, d, 40, 4);
+    let bytes = build_ours(&x, d, "IVF256,Flat", Metric::L2).await;
+    let (store, path) = memory_store_with(&bytes, "big.faiss").await;
+    let index = IvfIndex::open(store, &path).await.unwrap();
+    let info = index.info().clone();
+    assert!(info.lists.start > 64 * 1024, "header {} bytes", info.lists.start);
+    let open = index.open_stats();
+    assert_eq!(open.gets, 2, "GETs to open");
+    assert!(open.bytes <= info.lists.start + 64 * 1024, "open read {} bytes, header is {}", open.bytes, info.lists.start);
+    assert_eq!(info.lists.end, info.file_size);
+
+    // List ranges tile the list section in order.
+    let mut at = info.lists.start;
+    for (i, &size) in index.cluster_sizes().iter().enumerate() {
+        let r = index.list_range(i);
+        assert_eq!(r.start, at);
+        assert_eq!(r.end - r.start, size * (info.code_size as u64 + 8));
+        at = r.end;
+    }
+    assert_eq!(at, info.lists.end);
+
+    let q = clustered(1, d, 40, 5);
+    let ours = index.search(&q, 10, 16).await.unwrap();
+    let probed = ours.stats.lists_probed;
+    assert!(probed > 0 && probed <= 16);
+    assert!(ours.stats.gets >= 1 && ours.stats.gets <= probed);
+    assert!(ours.stats.bytes_fetched < info.file_size / 4, "fetched {} of {}", ours.stats.bytes_fetched, info.file_size);
+    assert_same(&ours, &reference(&bytes, &q, 10, 16), "IVF256,Flat");
+}
