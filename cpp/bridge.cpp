@@ -404,11 +404,14 @@ std::unique_ptr<IvfIndex> open_index(HeaderSource& src) {
     register_hook();
     HeaderReader reader(src);
     std::unique_ptr<faiss::Index> root(faiss::read_index(&reader, hook_flags()));
-    if (!reader.lists_seen) {
+    auto index = std::make_unique<IvfIndex>(std::move(root), reader.data_start, reader.data_end,
+                                            std::move(reader.sizes));
+    // An unsupported type is reported by name from info(); a supported one must have
+    // gone through the hook.
+    if (!reader.lists_seen && index->info().unsupported.empty()) {
         throw std::runtime_error("index has no inverted-list section that can be read in place");
     }
-    return std::make_unique<IvfIndex>(std::move(root), reader.data_start, reader.data_end,
-                                      std::move(reader.sizes));
+    return index;
 }
 
 FaissIndex::FaissIndex(faiss::Index* index) : index_(index) {}

@@ -109,3 +109,31 @@ pub fn assert_same(ours: &SearchResult, reference: &(Vec<i64>, Vec<f32>), what: 
         }
     }
 }
+
+/// The S3 test server started by `scripts/s3.sh start` (via `make test`), as a store.
+pub fn s3_store() -> Arc<dyn ObjectStore> {
+    let env_file = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".work/s3/env");
+    let from_file = std::fs::read_to_string(&env_file).unwrap_or_default();
+    let var = |name: &str| {
+        std::env::var(name).ok().or_else(|| {
+            from_file.lines().find_map(|l| l.strip_prefix(&format!("{name}=")).map(str::to_string))
+        })
+        .unwrap_or_else(|| panic!("S3 test server not running ({name} unset, no {env_file:?}): run `make test` or scripts/s3.sh start"))
+    };
+    let store = object_store::aws::AmazonS3Builder::new()
+        .with_endpoint(var("DFF_S3_ENDPOINT"))
+        .with_allow_http(true)
+        .with_bucket_name(var("DFF_S3_BUCKET"))
+        .with_region("us-east-1")
+        .with_access_key_id(var("DFF_S3_KEY"))
+        .with_secret_access_key(var("DFF_S3_SECRET"))
+        .build()
+        .expect("S3 store");
+    Arc::new(store)
+}
+
+/// A path no other test run uses.
+pub fn unique_path(name: &str) -> Path {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+    Path::from(format!("run-{}-{nanos}/{name}", std::process::id()))
+}

@@ -1,7 +1,7 @@
 """Writes a FAISS index with Debian's python3-faiss: fixtures from a second implementation.
 
 usage: write_index.py VECTORS(f32 raw) DIM FACTORY METRIC(l2|ip) OUT
-Vectors are trained on and added with ids 3*i + 11.
+Vectors are trained on and added with ids 3*i + 11 (where the type takes ids).
 """
 import sys
 
@@ -14,5 +14,8 @@ metric = faiss.METRIC_L2 if metric == "l2" else faiss.METRIC_INNER_PRODUCT
 faiss.omp_set_num_threads(2)
 index = faiss.index_factory(int(dim), factory, metric)
 index.train(x)
-index.add_with_ids(x, np.arange(len(x), dtype=np.int64) * 3 + 11)
+try:
+    index.add_with_ids(x, np.arange(len(x), dtype=np.int64) * 3 + 11)
+except RuntimeError:  # flat and graph indexes number vectors themselves
+    index.add(x)
 faiss.write_index(index, out)
