@@ -1,0 +1,166 @@
+//! The README's main job: Fashion-MNIST (Debian's `dataset-fashion-mnist`) indexed into a
+//! local folder, then searched header-only and compared with FAISS and exact search.
+
+use std::io::Read;
+use std::path::{Path as FsPath, PathBuf};
+use std::time::{Duration, Instant};
+
+use datafusion_faiss::{InMemoryIndex, IvfIndex, IvfIndexBuilder, Metric};
+
+use super::{local, CliResult};
+
+const DATASET: &str = "/usr/share/datasets/fashion-mnist";
+
+#[derive(clap::Args)]
+pub struct DemoArgs {
+    /// Folder for the index (reused by later runs).
+    #[arg(long, default_value = ".work/demo")]
+    dir: PathBuf,
+    #[arg(long, default_value_t = 1024)]
+    nlist: usize,
+    #[arg(long, default_value_t = 16)]
+    nprobe: usize,
+    /// Test images used as queries.
+    #[arg(long, default_value_t = 200)]
+    queries: usize,
+    #[arg(long, default_value_t = 10)]
+    k: usize,
+}
+
+pub async fn run(args: DemoArgs) -> CliResult {
+    let (base, d) = read_idx(&FsPath::new(DATASET).join("train-images-idx3-ubyte.gz"))?;
+    let (test, _) = read_idx(&FsPath::new(DATASET).join("t10k-images-idx3-ubyte.gz"))?;
+    let n = base.len() / d;
+    let nq = args.queries.min(test.len() / d);
+    let queries = &test[..nq * d];
+    println!("data        Fashion-MNIST: {n} base vectors, {nq} queries, d={d}");
+
+    std::fs::create_dir_all(&args.dir)?;
+    let file = args.dir.join(format!("fashion-mnist-IVF{}-Flat.faiss", args.nlist));
+    let (store, path) = local(&file)?;
+    if !file.exists() {
+        let t = Instant::now();
+        let factory = format!("IVF{},Flat", args.nlist);
+        let builder = tokio::task::spawn_blocking({
+            let base = base.clone();
+            move || -> datafusion_faiss::Result<IvfIndexBuilder> {
+                let mut b = IvfIndexBuilder::new(d, &factory, Metric::L2)?;
+                b.train(&base)?;
+                b.add(&base, &(0..n as i64).collect::<Vec<_>>())?;
+                Ok(b)
+            }
+        })
+        .await??;
+        builder.write(store.clone(), &path).await?;
+        println!("built       {} in {:.1} s", file.display(), t.elapsed().as_secs_f64());
+    }
+
+    let t = Instant::now();
+    let index = IvfIndex::open(store.clone(), &path).await?;
+    let info = index.info().clone();
+    let open = index.open_stats();
+    println!(
+        "opened      {} header-only in {:.1} ms: {} GETs, {} B read of {} B ({} header)",
+        info.description,
+        t.elapsed().as_secs_f64() * 1e3,
+        open.gets,
+        open.bytes,
+        info.file_size,
+        info.lists.start
+    );
+
+    let exact = exact_knn(&base, queries, d, args.k);
+    let reference = InMemoryIndex::load(store, &path).await?;
+    let mut faiss_ids = Vec::with_capacity(nq * args.k);
+    let mut faiss_time = Duration::ZERO;
+    for q in queries.chunks(d) {
+        let t = Instant::now();
+        faiss_ids.extend(reference.search(q, args.k, args.nprobe)?.0);
+        faiss_time += t.elapsed();
+    }
+
+    let (mut ours_ids, mut gets, mut bytes, mut probed) = (Vec::with_capacity(nq * args.k), 0, 0, 0);
+    let mut ours_time = Duration::ZERO;
+    for q in queries.chunks(d) {
+        let t = Instant::now();
+        let r = index.search(q, args.k, args.nprobe).await?;
+        ours_time += t.elapsed();
+        ours_ids.extend(r.ids);
+        gets += r.stats.gets;
+        bytes += r.stats.bytes_fetched;
+        probed += r.stats.lists_probed;
+    }
+
+    let same = ours_ids.iter().zip(&faiss_ids).filter(|(a, b)| a == b).count();
+    println!("first query {:?}", &ours_ids[..args.k]);
+    println!(
+        "recall@{}   ours {:.4}, FAISS in memory {:.4} (vs exact search); ids equal to FAISS: {:.4}",
+        args.k,
+        recall(&ours_ids, &exact, args.k),
+        recall(&faiss_ids, &exact, args.k),
+        same as f64 / ours_ids.len() as f64
+    );
+    let per = |x: u64| x as f64 / nq as f64;
+    println!(
+        "io/query    nprobe {}: {:.1} lists, {:.1} GETs, {:.0} B fetched = {:.3}% of the {} B file",
+        args.nprobe,
+        per(probed),
+        per(gets),
+        per(bytes),
+        100.0 * per(bytes) / info.file_size as f64,
+        info.file_size
+    );
+    println!(
+        "latency     ours {:.2} ms/query (local file, no cache), FAISS in memory {:.2} ms/query",
+        ours_time.as_secs_f64() * 1e3 / nq as f64,
+        faiss_time.as_secs_f64() * 1e3 / nq as f64
+    );
+    Ok(())
+}
+
+/// Reads an IDX image file (gzip): `n × (rows·cols)` floats.
+fn read_idx(file: &FsPath) -> CliResult<(Vec<f32>, usize)> {
+    let raw = std::fs::File::open(file)
+        .map_err(|e| format!("{}: {e} (install dataset-fashion-mnist: scripts/setup.sh)", file.display()))?;
+    let mut data = Vec::new();
+    flate2::read::GzDecoder::new(raw).read_to_end(&mut data).map_err(|e| format!("{}: {e}", file.display()))?;
+    let word = |i: usize| u32::from_be_bytes([data[4 * i], data[4 * i + 1], data[4 * i + 2], data[4 * i + 3]]) as usize;
+    if data.len() < 16 || word(0) != 0x803 {
+        return Err(format!("{}: not an IDX image file", file.display()).into());
+    }
+    let (n, d) = (word(1), word(2) * word(3));
+    if data.len() != 16 + n * d {
+        return Err(format!("{}: expected {} bytes, found {}", file.display(), 16 + n * d, data.len()).into());
+    }
+    Ok((data[16..].iter().map(|&b| b as f32).collect(), d))
+}
+
+/// Exact k nearest neighbours by L2, over all base vectors (two threads).
+fn exact_knn(base: &[f32], queries: &[f32], d: usize, k: usize) -> Vec<i64> {
+    let knn = |q: &[f32]| {
+        let mut best: Vec<(f32, i64)> = base
+            .chunks(d)
+            .enumerate()
+            .map(|(i, v)| (v.iter().zip(q).map(|(a, b)| (a - b) * (a - b)).sum::<f32>(), i as i64))
+            .collect();
+        best.select_nth_unstable_by(k - 1, |a, b| a.0.total_cmp(&b.0));
+        best.truncate(k);
+        best.sort_by(|a, b| a.0.total_cmp(&b.0));
+        best.into_iter().map(|(_, i)| i).collect::<Vec<_>>()
+    };
+    let half = (queries.len() / d).div_ceil(2) * d;
+    let (a, b) = queries.split_at(half.min(queries.len()));
+    std::thread::scope(|s| {
+        let left = s.spawn(|| a.chunks(d).flat_map(knn).collect::<Vec<_>>());
+        let mut out: Vec<i64> = b.chunks(d).flat_map(knn).collect();
+        let mut all = left.join().expect("exact search thread panicked");
+        all.append(&mut out);
+        all
+    })
+}
+
+/// Fraction of the true k nearest found, per query, averaged.
+fn recall(found: &[i64], exact: &[i64], k: usize) -> f64 {
+    let hits: usize = found.chunks(k).zip(exact.chunks(k)).map(|(f, e)| f.iter().filter(|id| e.contains(id)).count()).sum();
+    hits as f64 / exact.len() as f64
+}
