@@ -1,11 +1,13 @@
 use std::ops::Range;
+use std::sync::Arc;
 
 use object_store::path::Path;
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-/// Every failure names the object (and offset, list or dimension) it concerns.
-#[derive(Debug, thiserror::Error)]
+/// Every failure names the object (and offset, list or dimension) it concerns. Cheap to
+/// clone, so a fetch shared by several searches can fail them all.
+#[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
     #[error("{path}: index object not found")]
@@ -15,7 +17,7 @@ pub enum Error {
     Store {
         path: Path,
         #[source]
-        source: object_store::Error,
+        source: Arc<object_store::Error>,
     },
 
     #[error("{path}: truncated FAISS file: needs bytes {needed:?} but the object has {size} bytes")]
@@ -39,7 +41,7 @@ pub enum Error {
         list: usize,
         range: Range<u64>,
         #[source]
-        source: object_store::Error,
+        source: Arc<object_store::Error>,
     },
 
     #[error("{path}: index changed since it was opened (opened at ETag {opened})")]
@@ -63,7 +65,7 @@ impl Error {
     pub(crate) fn store(path: &Path, source: object_store::Error) -> Self {
         match source {
             object_store::Error::NotFound { .. } => Error::NotFound { path: path.clone() },
-            source => Error::Store { path: path.clone(), source },
+            source => Error::Store { path: path.clone(), source: Arc::new(source) },
         }
     }
 }

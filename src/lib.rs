@@ -11,5 +11,7 @@ mod ffi;
 pub mod index;
 
 pub use error::{Error, Result};
-pub use fetch::FetchStats;
-pub use index::{InMemoryIndex, IndexInfo, IvfIndex, IvfIndexBuilder, Metric, OpenOptions, SearchResult, SearchStats};
+pub use fetch::{FetchStats, ListCache};
+pub use index::{
+    InMemoryIndex, IndexInfo, IvfIndex, IvfIndexBuilder, Metric, OpenOptions, SearchResult, SearchStats, DEFAULT_CACHE_BYTES,
+};

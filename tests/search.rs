@@ -118,7 +118,7 @@ async fn open_reads_header_only_and_search_fetches_probed_lists() {
     let ours = index.search(&q, 10, 16).await.unwrap();
     let probed = ours.stats.lists_probed;
     assert!(probed > 0 && probed <= 16);
-    assert!(ours.stats.gets >= 1 && ours.stats.gets <= probed);
-    assert!(ours.stats.bytes_fetched < info.file_size / 4, "fetched {} of {}", ours.stats.bytes_fetched, info.file_size);
+    assert!(ours.stats.fetch.gets >= 1 && ours.stats.fetch.gets <= probed);
+    assert!(ours.stats.fetch.bytes < info.file_size / 4, "fetched {} of {}", ours.stats.fetch.bytes, info.file_size);
     assert_same(&ours, &reference(&bytes, &q, 10, 16), "IVF256,Flat");
 }

@@ -86,8 +86,8 @@ pub async fn run(args: DemoArgs) -> CliResult {
         let r = index.search(q, args.k, args.nprobe).await?;
         ours_time += t.elapsed();
         ours_ids.extend(r.ids);
-        gets += r.stats.gets;
-        bytes += r.stats.bytes_fetched;
+        gets += r.stats.fetch.gets;
+        bytes += r.stats.fetch.bytes;
         probed += r.stats.lists_probed;
     }
 

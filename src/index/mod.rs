@@ -12,7 +12,7 @@ use object_store::path::Path;
 use object_store::ObjectStore;
 
 use crate::error::{Error, Result};
-use crate::fetch::{FetchStats, HeaderSource, ListFetcher};
+use crate::fetch::{FetchStats, HeaderSource, ListCache, ListFetcher};
 use crate::ffi::bridge;
 
 pub use build::IvfIndexBuilder;
@@ -67,11 +67,17 @@ pub struct IndexInfo {
 pub struct OpenOptions {
     /// Range GETs a search keeps in flight at once.
     pub max_in_flight: usize,
+    /// Cache of list data; `None` makes one of `DEFAULT_CACHE_BYTES` for this index.
+    /// Pass the same cache to several indexes to share one budget.
+    pub cache: Option<ListCache>,
 }
+
+/// Budget of the list cache an index gets when `OpenOptions::cache` is `None`.
+pub const DEFAULT_CACHE_BYTES: u64 = 256 * 1024 * 1024;
 
 impl Default for OpenOptions {
     fn default() -> Self {
-        OpenOptions { max_in_flight: 64 }
+        OpenOptions { max_in_flight: 64, cache: None }
     }
 }
 
@@ -80,12 +86,10 @@ impl Default for OpenOptions {
 pub struct SearchStats {
     /// Distinct non-empty lists the queries probed.
     pub lists_probed: u64,
-    /// Range GET requests issued.
-    pub gets: u64,
-    /// Bytes those GETs returned.
-    pub bytes_fetched: u64,
     /// Vectors (codes) compared against a query.
     pub codes_scanned: u64,
+    /// How the probed lists were obtained: GETs, bytes, cache hits.
+    pub fetch: FetchStats,
 }
 
 /// Results of a batch of `n` queries: row `i` holds `k` neighbours, closest first.
@@ -108,7 +112,7 @@ pub struct IvfIndex {
     /// Dimension inside the IVF index, after the transforms (if any).
     d_ivf: usize,
     transforms: bool,
-    fetcher: ListFetcher,
+    fetcher: Arc<ListFetcher>,
     open_stats: FetchStats,
 }
 
@@ -175,8 +179,13 @@ impl IvfIndex {
             sizes,
             d_ivf: raw.d_ivf,
             transforms: raw.transforms > 0,
-            fetcher: ListFetcher::new(object, offsets, options.max_in_flight),
-            open_stats: FetchStats { gets: src.gets, bytes: src.bytes },
+            fetcher: Arc::new(ListFetcher::new(
+                object,
+                offsets,
+                options.max_in_flight,
+                options.cache.unwrap_or_else(|| ListCache::new(DEFAULT_CACHE_BYTES)),
+            )),
+            open_stats: FetchStats { gets: src.gets, bytes: src.bytes, ..Default::default() },
         })
     }
 
@@ -197,6 +206,16 @@ impl IvfIndex {
     /// GETs and bytes the open cost.
     pub fn open_stats(&self) -> FetchStats {
         self.open_stats
+    }
+
+    /// Fetch counts summed over every search so far.
+    pub fn fetch_totals(&self) -> FetchStats {
+        self.fetcher.totals()
+    }
+
+    /// The cache holding this index's lists.
+    pub fn cache(&self) -> &ListCache {
+        self.fetcher.cache()
     }
 
     /// Searches `queries` (`n × dimension`, row-major) for the `k` nearest neighbours of
@@ -253,12 +272,7 @@ impl IvfIndex {
             k,
             ids,
             distances,
-            stats: SearchStats {
-                lists_probed: needed.len() as u64,
-                gets: fetched.gets,
-                bytes_fetched: fetched.bytes,
-                codes_scanned: scan.codes_scanned,
-            },
+            stats: SearchStats { lists_probed: needed.len() as u64, codes_scanned: scan.codes_scanned, fetch: fetched },
         })
     }
 }

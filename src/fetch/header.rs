@@ -1,16 +1,14 @@
-//! Byte access to an index object: the header read at open (blocking reads served from a
-//! few range GETs) and the inverted lists fetched per search (one concurrent wave of
-//! range GETs). Every GET after the first is pinned to the ETag seen at open.
+//! The header read at open: FAISS reads synchronously, and its reads are served from a
+//! few range GETs (the first one also tells the object's size and ETag).
 
-use std::ops::Range;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use futures::{StreamExt, TryStreamExt};
 use object_store::path::Path;
 use object_store::{GetOptions, GetRange, ObjectStore, ObjectStoreExt};
 use tokio::runtime::Handle;
 
+use super::Object;
 use crate::error::{Error, Result};
 
 /// First range read at open: enough for the header of small indexes; larger ones take
@@ -18,36 +16,6 @@ use crate::error::{Error, Result};
 const FIRST_READ: u64 = 64 * 1024;
 /// Read past a FAISS read request so the small fields after a large array come along.
 const READ_AHEAD: u64 = 64 * 1024;
-
-/// An index object pinned to the version seen when it was opened.
-#[derive(Clone)]
-pub(crate) struct Object {
-    pub store: Arc<dyn ObjectStore>,
-    pub path: Path,
-    pub size: u64,
-    pub e_tag: Option<String>,
-}
-
-impl Object {
-    async fn get(&self, range: Range<u64>) -> object_store::Result<Bytes> {
-        let options = GetOptions {
-            range: Some(GetRange::Bounded(range)),
-            if_match: self.e_tag.clone(),
-            ..Default::default()
-        };
-        self.store.get_opts(&self.path, options).await?.bytes().await
-    }
-
-    fn changed_or(&self, e: object_store::Error, other: impl FnOnce(object_store::Error) -> Error) -> Error {
-        match e {
-            object_store::Error::Precondition { .. } | object_store::Error::NotFound { .. } => Error::Changed {
-                path: self.path.clone(),
-                opened: self.e_tag.clone().unwrap_or_default(),
-            },
-            e => other(e),
-        }
-    }
-}
 
 /// Serves FAISS's header reads from range GETs. FAISS calls `read_at` synchronously, so
 /// the whole header parse runs on a blocking thread and fetches with `Handle::block_on`.
@@ -155,7 +123,7 @@ impl HeaderSource {
             let got = self
                 .runtime
                 .block_on(object.get(range.clone()))
-                .map_err(|e| object.changed_or(e, |e| Error::store(&object.path, e)))?;
+                .map_err(|e| object.error(e, |source| Error::Store { path: object.path.clone(), source }))?;
             if (got.len() as u64) != range.end - range.start {
                 return Err(Error::Truncated { path: path.clone(), needed: range, size: got.len() as u64 });
             }
@@ -165,76 +133,5 @@ impl HeaderSource {
         }
         self.last_end = end;
         Ok(())
-    }
-}
-
-/// Counts of one fetch.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct FetchStats {
-    pub gets: u64,
-    pub bytes: u64,
-}
-
-/// Fetches inverted lists by byte range.
-pub(crate) struct ListFetcher {
-    object: Object,
-    /// `offsets[i]..offsets[i + 1]` holds list `i`.
-    offsets: Vec<u64>,
-    max_in_flight: usize,
-}
-
-impl ListFetcher {
-    pub(crate) fn new(object: Object, offsets: Vec<u64>, max_in_flight: usize) -> Self {
-        ListFetcher { object, offsets, max_in_flight: max_in_flight.max(1) }
-    }
-
-    pub(crate) fn path(&self) -> &Path {
-        &self.object.path
-    }
-
-    pub(crate) fn range(&self, list: usize) -> Range<u64> {
-        self.offsets[list]..self.offsets[list + 1]
-    }
-
-    /// Fetches the given lists (sorted, distinct, non-empty) in one concurrent wave of
-    /// range GETs, one GET per run of byte-adjacent lists.
-    pub(crate) async fn fetch(&self, lists: &[usize]) -> Result<(Vec<(usize, Bytes)>, FetchStats)> {
-        let mut runs: Vec<Range<usize>> = Vec::new();
-        for (i, &list) in lists.iter().enumerate() {
-            match runs.last_mut() {
-                Some(run) if self.range(lists[run.end - 1]).end == self.range(list).start => run.end = i + 1,
-                _ => runs.push(i..i + 1),
-            }
-        }
-        let gets = runs.len() as u64;
-        let parts: Vec<Vec<(usize, Bytes)>> = futures::stream::iter(runs)
-            .map(|run| self.fetch_run(&lists[run]))
-            .buffer_unordered(self.max_in_flight)
-            .try_collect()
-            .await?;
-        let mut out: Vec<(usize, Bytes)> = parts.into_iter().flatten().collect();
-        out.sort_unstable_by_key(|(list, _)| *list);
-        let bytes = out.iter().map(|(_, b)| b.len() as u64).sum();
-        Ok((out, FetchStats { gets, bytes }))
-    }
-
-    async fn fetch_run(&self, lists: &[usize]) -> Result<Vec<(usize, Bytes)>> {
-        let first = lists[0];
-        let range = self.range(first).start..self.range(lists[lists.len() - 1]).end;
-        let object = &self.object;
-        let got = object.get(range.clone()).await.map_err(|e| {
-            object.changed_or(e, |source| Error::Fetch { path: object.path.clone(), list: first, range: range.clone(), source })
-        })?;
-        let expected = range.end - range.start;
-        if got.len() as u64 != expected {
-            return Err(Error::ShortRead { path: object.path.clone(), list: first, range, expected, got: got.len() as u64 });
-        }
-        Ok(lists
-            .iter()
-            .map(|&list| {
-                let r = self.range(list);
-                (list, got.slice((r.start - range.start) as usize..(r.end - range.start) as usize))
-            })
-            .collect())
     }
 }

@@ -1,0 +1,212 @@
+//! Inverted lists by byte range: cache first, then one concurrent wave of range GETs
+//! (one per run of byte-adjacent lists), shared with concurrent searches that need the
+//! same lists (single-flight).
+
+use std::collections::HashMap;
+use std::ops::Range;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures::future::{BoxFuture, Shared};
+use futures::{FutureExt, StreamExt, TryStreamExt};
+use object_store::path::Path;
+
+use super::{ListCache, Object};
+use crate::error::{Error, Result};
+
+/// Counts of one fetch, or summed over an index's life.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct FetchStats {
+    /// Range GET requests issued.
+    pub gets: u64,
+    /// Bytes those GETs returned.
+    pub bytes: u64,
+    /// Lists served from the cache.
+    pub cache_hits: u64,
+    /// Lists this search fetched itself.
+    pub cache_misses: u64,
+    /// Lists another search was already fetching, awaited instead of fetched again.
+    pub shared: u64,
+    /// Bytes served from the cache.
+    pub bytes_from_cache: u64,
+    /// Wall time spent fetching.
+    pub fetch_time: Duration,
+}
+
+type Run = Shared<BoxFuture<'static, Result<Arc<[(usize, Bytes)]>>>>;
+
+/// Fetches inverted lists of one index.
+pub(crate) struct ListFetcher {
+    object: Object,
+    /// `offsets[i]..offsets[i + 1]` holds list `i`.
+    offsets: Vec<u64>,
+    max_in_flight: usize,
+    cache: ListCache,
+    cache_id: u64,
+    in_flight: Mutex<HashMap<usize, Run>>,
+    totals: Totals,
+}
+
+#[derive(Default)]
+struct Totals {
+    gets: AtomicU64,
+    bytes: AtomicU64,
+    cache_hits: AtomicU64,
+    cache_misses: AtomicU64,
+    shared: AtomicU64,
+    bytes_from_cache: AtomicU64,
+    fetch_nanos: AtomicU64,
+}
+
+impl ListFetcher {
+    pub(crate) fn new(object: Object, offsets: Vec<u64>, max_in_flight: usize, cache: ListCache) -> Self {
+        ListFetcher {
+            object,
+            offsets,
+            max_in_flight: max_in_flight.max(1),
+            cache,
+            cache_id: ListCache::index_id(),
+            in_flight: Mutex::new(HashMap::new()),
+            totals: Totals::default(),
+        }
+    }
+
+    pub(crate) fn path(&self) -> &Path {
+        &self.object.path
+    }
+
+    pub(crate) fn cache(&self) -> &ListCache {
+        &self.cache
+    }
+
+    pub(crate) fn range(&self, list: usize) -> Range<u64> {
+        self.offsets[list]..self.offsets[list + 1]
+    }
+
+    /// Sums of every fetch so far.
+    pub(crate) fn totals(&self) -> FetchStats {
+        let t = &self.totals;
+        FetchStats {
+            gets: t.gets.load(Ordering::Relaxed),
+            bytes: t.bytes.load(Ordering::Relaxed),
+            cache_hits: t.cache_hits.load(Ordering::Relaxed),
+            cache_misses: t.cache_misses.load(Ordering::Relaxed),
+            shared: t.shared.load(Ordering::Relaxed),
+            bytes_from_cache: t.bytes_from_cache.load(Ordering::Relaxed),
+            fetch_time: Duration::from_nanos(t.fetch_nanos.load(Ordering::Relaxed)),
+        }
+    }
+
+    /// The bytes of `lists` (sorted, distinct, non-empty), in that order.
+    pub(crate) async fn fetch(self: &Arc<Self>, lists: &[usize]) -> Result<(Vec<(usize, Bytes)>, FetchStats)> {
+        let start = Instant::now();
+        let mut stats = FetchStats::default();
+        let mut found: Vec<(usize, Bytes)> = Vec::with_capacity(lists.len());
+        // Each awaited run, with the lists this search wants from it.
+        let mut waits: Vec<(Run, Vec<usize>)> = Vec::new();
+        {
+            // Cache and in-flight are checked under one lock; a run fills the cache before
+            // it leaves the in-flight map, so no list is fetched twice at once.
+            let mut in_flight = self.in_flight.lock().expect("in-flight map poisoned");
+            let mut claimed: Vec<usize> = Vec::new();
+            for &list in lists {
+                if let Some(bytes) = self.cache.get(self.cache_id, list) {
+                    stats.cache_hits += 1;
+                    stats.bytes_from_cache += bytes.len() as u64;
+                    found.push((list, bytes));
+                } else if let Some(run) = in_flight.get(&list) {
+                    stats.shared += 1;
+                    waits.push((run.clone(), vec![list]));
+                } else {
+                    claimed.push(list);
+                }
+            }
+            stats.cache_misses = claimed.len() as u64;
+            for run_lists in self.runs(&claimed) {
+                let run = self.clone().fetch_run(run_lists.clone()).boxed().shared();
+                for &list in &run_lists {
+                    in_flight.insert(list, run.clone());
+                }
+                stats.gets += 1;
+                stats.bytes += run_lists.iter().map(|&l| self.range(l).end - self.range(l).start).sum::<u64>();
+                waits.push((run, run_lists));
+            }
+        }
+        // Boxed so the stream's type names no closure: keeps `search` futures `Send`.
+        let picks: Vec<BoxFuture<'static, Result<Vec<(usize, Bytes)>>>> = waits.into_iter().map(|w| pick(w).boxed()).collect();
+        let fetched: Vec<Vec<(usize, Bytes)>> = futures::stream::iter(picks)
+            .buffer_unordered(self.max_in_flight)
+            .try_collect()
+            .await?;
+        found.extend(fetched.into_iter().flatten());
+        found.sort_unstable_by_key(|(list, _)| *list);
+        stats.fetch_time = start.elapsed();
+        self.add_totals(&stats);
+        Ok((found, stats))
+    }
+
+    /// Groups sorted lists into runs whose bytes are adjacent in the file.
+    fn runs(&self, lists: &[usize]) -> Vec<Vec<usize>> {
+        let mut runs: Vec<Vec<usize>> = Vec::new();
+        for &list in lists {
+            match runs.last_mut() {
+                Some(run) if self.range(run[run.len() - 1]).end == self.range(list).start => run.push(list),
+                _ => runs.push(vec![list]),
+            }
+        }
+        runs
+    }
+
+    async fn fetch_run(self: Arc<Self>, lists: Vec<usize>) -> Result<Arc<[(usize, Bytes)]>> {
+        let result = self.get_run(&lists).await;
+        let mut in_flight = self.in_flight.lock().expect("in-flight map poisoned");
+        if let Ok(parts) = &result {
+            for (list, bytes) in parts.iter() {
+                self.cache.insert(self.cache_id, *list, bytes.clone());
+            }
+        }
+        for list in &lists {
+            in_flight.remove(list);
+        }
+        result
+    }
+
+    async fn get_run(&self, lists: &[usize]) -> Result<Arc<[(usize, Bytes)]>> {
+        let first = lists[0];
+        let range = self.range(first).start..self.range(lists[lists.len() - 1]).end;
+        let object = &self.object;
+        let got = object.get(range.clone()).await.map_err(|e| {
+            object.error(e, |source| Error::Fetch { path: object.path.clone(), list: first, range: range.clone(), source })
+        })?;
+        let expected = range.end - range.start;
+        if got.len() as u64 != expected {
+            return Err(Error::ShortRead { path: object.path.clone(), list: first, range, expected, got: got.len() as u64 });
+        }
+        Ok(lists
+            .iter()
+            .map(|&list| {
+                let r = self.range(list);
+                (list, got.slice((r.start - range.start) as usize..(r.end - range.start) as usize))
+            })
+            .collect())
+    }
+
+    fn add_totals(&self, s: &FetchStats) {
+        let t = &self.totals;
+        t.gets.fetch_add(s.gets, Ordering::Relaxed);
+        t.bytes.fetch_add(s.bytes, Ordering::Relaxed);
+        t.cache_hits.fetch_add(s.cache_hits, Ordering::Relaxed);
+        t.cache_misses.fetch_add(s.cache_misses, Ordering::Relaxed);
+        t.shared.fetch_add(s.shared, Ordering::Relaxed);
+        t.bytes_from_cache.fetch_add(s.bytes_from_cache, Ordering::Relaxed);
+        t.fetch_nanos.fetch_add(s.fetch_time.as_nanos() as u64, Ordering::Relaxed);
+    }
+}
+
+/// The lists wanted from a run, once it has arrived.
+async fn pick((run, wanted): (Run, Vec<usize>)) -> Result<Vec<(usize, Bytes)>> {
+    let got = run.await?;
+    Ok(got.iter().filter(|(l, _)| wanted.contains(l)).cloned().collect())
+}

@@ -1,0 +1,51 @@
+//! Byte access to an index object through any `object_store` store: the header read at
+//! open, and the inverted lists fetched per search through a shared, byte-bounded cache.
+//! Every GET after the first is pinned to the ETag seen at open.
+
+mod cache;
+mod header;
+mod lists;
+
+use std::ops::Range;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use object_store::path::Path;
+use object_store::{GetOptions, GetRange, ObjectStore};
+
+use crate::error::Error;
+
+pub use cache::ListCache;
+pub(crate) use header::HeaderSource;
+pub use lists::FetchStats;
+pub(crate) use lists::ListFetcher;
+
+/// An index object pinned to the version seen when it was opened.
+#[derive(Clone)]
+pub(crate) struct Object {
+    pub store: Arc<dyn ObjectStore>,
+    pub path: Path,
+    pub size: u64,
+    pub e_tag: Option<String>,
+}
+
+impl Object {
+    async fn get(&self, range: Range<u64>) -> object_store::Result<Bytes> {
+        let options = GetOptions {
+            range: Some(GetRange::Bounded(range)),
+            if_match: self.e_tag.clone(),
+            ..Default::default()
+        };
+        self.store.get_opts(&self.path, options).await?.bytes().await
+    }
+
+    /// A failed GET: "changed" when the pinned version is gone, else what `other` makes.
+    fn error(&self, e: object_store::Error, other: impl FnOnce(Arc<object_store::Error>) -> Error) -> Error {
+        match e {
+            object_store::Error::Precondition { .. } | object_store::Error::NotFound { .. } => {
+                Error::Changed { path: self.path.clone(), opened: self.e_tag.clone().unwrap_or_default() }
+            }
+            e => other(Arc::new(e)),
+        }
+    }
+}

@@ -1,0 +1,111 @@
+//! The list cache: warm searches issue no GETs, concurrent searches share GETs
+//! (single-flight), and the cache stays within its byte budget.
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use datafusion_faiss::{IvfIndex, ListCache, Metric, OpenOptions};
+use object_store::throttle::{ThrottleConfig, ThrottledStore};
+use object_store::ObjectStore;
+
+const D: usize = 32;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn warm_search_is_served_from_cache() {
+    let bytes = build_ours(&clustered(4000, D, 12, 31), D, "IVF64,Flat", Metric::L2).await;
+    let (store, path) = memory_store_with(&bytes, "warm.faiss").await;
+    let index = IvfIndex::open(store, &path).await.unwrap();
+    let q = clustered(4, D, 12, 32);
+    let cold = index.search(&q, 10, 8).await.unwrap();
+    assert!(cold.stats.fetch.gets > 0);
+    assert_eq!(cold.stats.fetch.cache_misses, cold.stats.lists_probed);
+    let warm = index.search(&q, 10, 8).await.unwrap();
+    assert_eq!(warm.stats.fetch.gets, 0);
+    assert_eq!(warm.stats.fetch.cache_hits, warm.stats.lists_probed);
+    assert_eq!(warm.stats.fetch.bytes_from_cache, cold.stats.fetch.bytes);
+    assert_eq!(warm.ids, cold.ids);
+    assert_eq!(warm.distances, cold.distances);
+    let totals = index.fetch_totals();
+    assert_eq!(totals.gets, cold.stats.fetch.gets);
+    assert_eq!(totals.cache_hits, warm.stats.lists_probed);
+
+    index.cache().clear();
+    let again = index.search(&q, 10, 8).await.unwrap();
+    assert_eq!(again.stats.fetch.gets, cold.stats.fetch.gets);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_searches_share_gets_within_budget() {
+    let bytes = Arc::new(build_ours(&clustered(6000, D, 12, 33), D, "IVF64,SQ8", Metric::L2).await);
+    let (inner, path) = memory_store_with(&bytes, "shared.faiss").await;
+    // A slow store, so all searches are in flight together.
+    let config = ThrottleConfig { wait_get_per_call: Duration::from_millis(30), ..Default::default() };
+    let store: Arc<dyn ObjectStore> = Arc::new(ThrottledStore::new(inner, config));
+    let list_bytes = bytes.len() as u64 / 2;
+    let budget = list_bytes / 4;
+    let cache = ListCache::new(budget);
+    let options = OpenOptions { cache: Some(cache.clone()), ..Default::default() };
+    let index = Arc::new(IvfIndex::open_with(store, &path, options).await.unwrap());
+
+    // Every search probes the same lists: single-flight must fetch each once.
+    let q = clustered(1, D, 12, 34);
+    let tasks: Vec<_> = (0..64)
+        .map(|_| {
+            let (index, bytes, q) = (index.clone(), bytes.clone(), q.clone());
+            tokio::spawn(async move {
+                let ours = index.search(&q, 10, 4).await.unwrap();
+                assert_same(&ours, &reference(&bytes, &q, 10, 4), "shared");
+                ours.stats
+            })
+        })
+        .collect();
+    let mut probed = 0;
+    for t in tasks {
+        probed = t.await.unwrap().lists_probed;
+    }
+    let totals = index.fetch_totals();
+    assert!(totals.cache_misses <= probed, "{totals:?}: lists fetched more than once");
+    assert!(totals.gets <= probed, "{totals:?}");
+    assert!(totals.shared + totals.cache_hits >= 63 * probed, "{totals:?}");
+
+    // Many different queries: the cache evicts to stay within budget; results stay exact.
+    let tasks: Vec<_> = (0..64)
+        .map(|i| {
+            let (index, bytes) = (index.clone(), bytes.clone());
+            tokio::spawn(async move {
+                let q = clustered(2, D, 12, 100 + i);
+                let ours = index.search(&q, 10, 16).await.unwrap();
+                assert_same(&ours, &reference(&bytes, &q, 10, 16), &format!("query {i}"));
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    cache.sync();
+    assert!(cache.bytes() <= budget, "cache holds {} B, budget {budget} B", cache.bytes());
+    assert!(cache.bytes() > 0);
+}
+
+#[tokio::test]
+async fn indexes_sharing_a_cache_do_not_mix_lists() {
+    let x = clustered(3000, D, 12, 35);
+    let a = build_ours(&x, D, "IVF32,Flat", Metric::L2).await;
+    let b = build_ours(&x, D, "IVF32,SQ8", Metric::L2).await;
+    let cache = ListCache::new(64 << 20);
+    let open = |bytes: Vec<u8>, name: &'static str| {
+        let cache = cache.clone();
+        async move {
+            let (store, path) = memory_store_with(&bytes, name).await;
+            IvfIndex::open_with(store, &path, OpenOptions { cache: Some(cache), ..Default::default() }).await.unwrap()
+        }
+    };
+    let (ia, ib) = (open(a.clone(), "a.faiss").await, open(b.clone(), "b.faiss").await);
+    let q = clustered(3, D, 12, 36);
+    for _ in 0..2 {
+        assert_same(&ia.search(&q, 10, 8).await.unwrap(), &reference(&a, &q, 10, 8), "a");
+        assert_same(&ib.search(&q, 10, 8).await.unwrap(), &reference(&b, &q, 10, 8), "b");
+    }
+}
