@@ -38,7 +38,7 @@ fn bench(c: &mut Criterion) {
         c.bench_function(&format!("search cold nprobe={nprobe}"), |b| {
             b.to_async(&rt).iter(|| {
                 let q = next.next().unwrap();
-                index.cache().clear();
+                index.cache().unwrap().clear();
                 index.search(q, 10, nprobe)
             })
         });

@@ -20,6 +20,13 @@ pub enum Error {
         source: Arc<object_store::Error>,
     },
 
+    #[error("{path}: {source}")]
+    Io {
+        path: Path,
+        #[source]
+        source: Arc<std::io::Error>,
+    },
+
     #[error("{path}: truncated FAISS file: needs bytes {needed:?} but the object has {size} bytes")]
     Truncated { path: Path, needed: Range<u64>, size: u64 },
 
@@ -44,7 +51,7 @@ pub enum Error {
         source: Arc<object_store::Error>,
     },
 
-    #[error("{path}: index changed since it was opened (opened at ETag {opened})")]
+    #[error("{path}: index changed since it was opened (opened at {opened})")]
     Changed { path: Path, opened: String },
 
     #[error("invalid search: {0}")]

@@ -31,7 +31,7 @@ async fn warm_search_is_served_from_cache() {
     assert_eq!(totals.gets, cold.stats.fetch.gets);
     assert_eq!(totals.cache_hits, warm.stats.lists_probed);
 
-    index.cache().clear();
+    index.cache().unwrap().clear();
     let again = index.search(&q, 10, 8).await.unwrap();
     assert_eq!(again.stats.fetch.gets, cold.stats.fetch.gets);
 }

@@ -17,15 +17,18 @@ const FIRST_READ: u64 = 64 * 1024;
 /// Read past a FAISS read request so the small fields after a large array come along.
 const READ_AHEAD: u64 = 64 * 1024;
 
-/// Serves FAISS's header reads from range GETs. FAISS calls `read_at` synchronously, so
-/// the whole header parse runs on a blocking thread and fetches with `Handle::block_on`.
+/// Serves FAISS's header reads from range GETs (or from a mapped file). FAISS calls
+/// `read_at` synchronously, so the whole header parse runs on a blocking thread and
+/// fetches with `Handle::block_on`.
 pub struct HeaderSource {
-    object: Object,
+    path: Path,
+    size: u64,
+    /// Where missing bytes come from; `None` when `segments` holds the whole file.
+    remote: Option<(Object, Handle)>,
     /// Fetched byte segments, sorted by start, not overlapping.
     segments: Vec<(u64, Bytes)>,
     /// End of the last read FAISS made: a read starting later skipped the list data.
     last_end: u64,
-    runtime: Handle,
     /// The typed error behind a failed read; FAISS only carries its message.
     pub(crate) failure: Option<Error>,
     pub(crate) gets: u64,
@@ -53,20 +56,44 @@ impl HeaderSource {
         if first.len() as u64 != range.end - range.start {
             return Err(Error::Truncated { path, needed: range, size: first.len() as u64 });
         }
-        let object = Object { store, path, size: meta.size, e_tag: meta.e_tag };
+        let object = Object { store, path: path.clone(), e_tag: meta.e_tag };
         Ok(HeaderSource {
-            object,
+            path,
+            size: meta.size,
+            remote: Some((object, Handle::current())),
             segments: vec![(range.start, first.clone())],
             last_end: 0,
-            runtime: Handle::current(),
             failure: None,
             gets: 1,
             bytes: first.len() as u64,
         })
     }
 
-    pub(crate) fn object(&self) -> &Object {
-        &self.object
+    /// Serves reads from a whole file already in memory (mapped).
+    pub(crate) fn in_memory(path: Path, file: Bytes) -> Self {
+        HeaderSource {
+            path,
+            size: file.len() as u64,
+            remote: None,
+            segments: vec![(0, file)],
+            last_end: 0,
+            failure: None,
+            gets: 0,
+            bytes: 0,
+        }
+    }
+
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub(crate) fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// The object to fetch lists from; `None` for an in-memory file.
+    pub(crate) fn remote(&self) -> Option<Object> {
+        self.remote.as_ref().map(|(o, _)| o.clone())
     }
 
     /// Bytes `[at, at + n)` if they were fetched already (no I/O).
@@ -85,8 +112,7 @@ impl HeaderSource {
     }
 
     fn read(&mut self, offset: u64, buf: &mut [u8]) -> Result<()> {
-        let size = self.object.size;
-        let path = &self.object.path;
+        let (size, path) = (self.size, &self.path);
         let end = offset.checked_add(buf.len() as u64).filter(|&e| e <= size);
         let Some(end) = end else {
             let needed = offset..offset.saturating_add(buf.len() as u64);
@@ -119,9 +145,10 @@ impl HeaderSource {
                 fetch_end = fetch_end.min(*next).max(end.min(*next));
             }
             let range = pos..fetch_end;
-            let object = self.object.clone();
-            let got = self
-                .runtime
+            let Some((object, runtime)) = &self.remote else {
+                return Err(Error::Truncated { path: path.clone(), needed: range, size });
+            };
+            let got = runtime
                 .block_on(object.get(range.clone()))
                 .map_err(|e| object.error(e, |source| Error::Store { path: object.path.clone(), source }))?;
             if (got.len() as u64) != range.end - range.start {

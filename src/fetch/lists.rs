@@ -1,6 +1,6 @@
-//! Inverted lists by byte range: cache first, then one concurrent wave of range GETs
-//! (one per run of byte-adjacent lists), shared with concurrent searches that need the
-//! same lists (single-flight).
+//! Inverted lists by byte range. From an object store: cache first, then one concurrent
+//! wave of range GETs (one per run of byte-adjacent lists), shared with concurrent
+//! searches that need the same lists (single-flight). From a mapped file: slices of it.
 
 use std::collections::HashMap;
 use std::ops::Range;
@@ -13,7 +13,7 @@ use futures::future::{BoxFuture, Shared};
 use futures::{FutureExt, StreamExt, TryStreamExt};
 use object_store::path::Path;
 
-use super::{ListCache, Object};
+use super::{ListCache, MappedFile, Object};
 use crate::error::{Error, Result};
 
 /// Counts of one fetch, or summed over an index's life.
@@ -31,6 +31,8 @@ pub struct FetchStats {
     pub shared: u64,
     /// Bytes served from the cache.
     pub bytes_from_cache: u64,
+    /// Bytes served from a memory-mapped local file.
+    pub bytes_mapped: u64,
     /// Wall time spent fetching.
     pub fetch_time: Duration,
 }
@@ -39,14 +41,23 @@ type Run = Shared<BoxFuture<'static, Result<Arc<[(usize, Bytes)]>>>>;
 
 /// Fetches inverted lists of one index.
 pub(crate) struct ListFetcher {
-    object: Object,
     /// `offsets[i]..offsets[i + 1]` holds list `i`.
     offsets: Vec<u64>,
+    source: Source,
+    totals: Totals,
+}
+
+enum Source {
+    Remote(Remote),
+    Mapped(MappedFile),
+}
+
+struct Remote {
+    object: Object,
     max_in_flight: usize,
     cache: ListCache,
     cache_id: u64,
     in_flight: Mutex<HashMap<usize, Run>>,
-    totals: Totals,
 }
 
 #[derive(Default)]
@@ -57,28 +68,39 @@ struct Totals {
     cache_misses: AtomicU64,
     shared: AtomicU64,
     bytes_from_cache: AtomicU64,
+    bytes_mapped: AtomicU64,
     fetch_nanos: AtomicU64,
 }
 
 impl ListFetcher {
-    pub(crate) fn new(object: Object, offsets: Vec<u64>, max_in_flight: usize, cache: ListCache) -> Self {
-        ListFetcher {
+    pub(crate) fn remote(object: Object, offsets: Vec<u64>, max_in_flight: usize, cache: ListCache) -> Self {
+        let remote = Remote {
             object,
-            offsets,
             max_in_flight: max_in_flight.max(1),
             cache,
             cache_id: ListCache::index_id(),
             in_flight: Mutex::new(HashMap::new()),
-            totals: Totals::default(),
-        }
+        };
+        ListFetcher { offsets, source: Source::Remote(remote), totals: Totals::default() }
+    }
+
+    pub(crate) fn mapped(file: MappedFile, offsets: Vec<u64>) -> Self {
+        ListFetcher { offsets, source: Source::Mapped(file), totals: Totals::default() }
     }
 
     pub(crate) fn path(&self) -> &Path {
-        &self.object.path
+        match &self.source {
+            Source::Remote(r) => &r.object.path,
+            Source::Mapped(m) => m.path(),
+        }
     }
 
-    pub(crate) fn cache(&self) -> &ListCache {
-        &self.cache
+    /// The list cache; `None` for a mapped file (the OS page cache serves it).
+    pub(crate) fn cache(&self) -> Option<&ListCache> {
+        match &self.source {
+            Source::Remote(r) => Some(&r.cache),
+            Source::Mapped(_) => None,
+        }
     }
 
     pub(crate) fn range(&self, list: usize) -> Range<u64> {
@@ -95,6 +117,7 @@ impl ListFetcher {
             cache_misses: t.cache_misses.load(Ordering::Relaxed),
             shared: t.shared.load(Ordering::Relaxed),
             bytes_from_cache: t.bytes_from_cache.load(Ordering::Relaxed),
+            bytes_mapped: t.bytes_mapped.load(Ordering::Relaxed),
             fetch_time: Duration::from_nanos(t.fetch_nanos.load(Ordering::Relaxed)),
         }
     }
@@ -102,6 +125,28 @@ impl ListFetcher {
     /// The bytes of `lists` (sorted, distinct, non-empty), in that order.
     pub(crate) async fn fetch(self: &Arc<Self>, lists: &[usize]) -> Result<(Vec<(usize, Bytes)>, FetchStats)> {
         let start = Instant::now();
+        let (found, mut stats) = match &self.source {
+            Source::Remote(remote) => self.fetch_remote(remote, lists).await?,
+            Source::Mapped(file) => {
+                file.check()?;
+                let map = file.bytes();
+                let found: Vec<(usize, Bytes)> = lists
+                    .iter()
+                    .map(|&l| {
+                        let r = self.range(l);
+                        (l, map.slice(r.start as usize..r.end as usize))
+                    })
+                    .collect();
+                let bytes_mapped = found.iter().map(|(_, b)| b.len() as u64).sum();
+                (found, FetchStats { bytes_mapped, ..Default::default() })
+            }
+        };
+        stats.fetch_time = start.elapsed();
+        self.add_totals(&stats);
+        Ok((found, stats))
+    }
+
+    async fn fetch_remote(self: &Arc<Self>, remote: &Remote, lists: &[usize]) -> Result<(Vec<(usize, Bytes)>, FetchStats)> {
         let mut stats = FetchStats::default();
         let mut found: Vec<(usize, Bytes)> = Vec::with_capacity(lists.len());
         // Each awaited run, with the lists this search wants from it.
@@ -109,10 +154,10 @@ impl ListFetcher {
         {
             // Cache and in-flight are checked under one lock; a run fills the cache before
             // it leaves the in-flight map, so no list is fetched twice at once.
-            let mut in_flight = self.in_flight.lock().expect("in-flight map poisoned");
+            let mut in_flight = remote.in_flight.lock().expect("in-flight map poisoned");
             let mut claimed: Vec<usize> = Vec::new();
             for &list in lists {
-                if let Some(bytes) = self.cache.get(self.cache_id, list) {
+                if let Some(bytes) = remote.cache.get(remote.cache_id, list) {
                     stats.cache_hits += 1;
                     stats.bytes_from_cache += bytes.len() as u64;
                     found.push((list, bytes));
@@ -137,13 +182,11 @@ impl ListFetcher {
         // Boxed so the stream's type names no closure: keeps `search` futures `Send`.
         let picks: Vec<BoxFuture<'static, Result<Vec<(usize, Bytes)>>>> = waits.into_iter().map(|w| pick(w).boxed()).collect();
         let fetched: Vec<Vec<(usize, Bytes)>> = futures::stream::iter(picks)
-            .buffer_unordered(self.max_in_flight)
+            .buffer_unordered(remote.max_in_flight)
             .try_collect()
             .await?;
         found.extend(fetched.into_iter().flatten());
         found.sort_unstable_by_key(|(list, _)| *list);
-        stats.fetch_time = start.elapsed();
-        self.add_totals(&stats);
         Ok((found, stats))
     }
 
@@ -160,11 +203,12 @@ impl ListFetcher {
     }
 
     async fn fetch_run(self: Arc<Self>, lists: Vec<usize>) -> Result<Arc<[(usize, Bytes)]>> {
-        let result = self.get_run(&lists).await;
-        let mut in_flight = self.in_flight.lock().expect("in-flight map poisoned");
+        let Source::Remote(remote) = &self.source else { unreachable!("runs are fetched from remote sources only") };
+        let result = self.get_run(&remote.object, &lists).await;
+        let mut in_flight = remote.in_flight.lock().expect("in-flight map poisoned");
         if let Ok(parts) = &result {
             for (list, bytes) in parts.iter() {
-                self.cache.insert(self.cache_id, *list, bytes.clone());
+                remote.cache.insert(remote.cache_id, *list, bytes.clone());
             }
         }
         for list in &lists {
@@ -173,10 +217,9 @@ impl ListFetcher {
         result
     }
 
-    async fn get_run(&self, lists: &[usize]) -> Result<Arc<[(usize, Bytes)]>> {
+    async fn get_run(&self, object: &Object, lists: &[usize]) -> Result<Arc<[(usize, Bytes)]>> {
         let first = lists[0];
         let range = self.range(first).start..self.range(lists[lists.len() - 1]).end;
-        let object = &self.object;
         let got = object.get(range.clone()).await.map_err(|e| {
             object.error(e, |source| Error::Fetch { path: object.path.clone(), list: first, range: range.clone(), source })
         })?;
@@ -201,6 +244,7 @@ impl ListFetcher {
         t.cache_misses.fetch_add(s.cache_misses, Ordering::Relaxed);
         t.shared.fetch_add(s.shared, Ordering::Relaxed);
         t.bytes_from_cache.fetch_add(s.bytes_from_cache, Ordering::Relaxed);
+        t.bytes_mapped.fetch_add(s.bytes_mapped, Ordering::Relaxed);
         t.fetch_nanos.fetch_add(s.fetch_time.as_nanos() as u64, Ordering::Relaxed);
     }
 }

@@ -1,10 +1,12 @@
 //! Byte access to an index object through any `object_store` store: the header read at
 //! open, and the inverted lists fetched per search through a shared, byte-bounded cache.
-//! Every GET after the first is pinned to the ETag seen at open.
+//! Every GET after the first is pinned to the ETag seen at open. Local files can be
+//! memory-mapped instead.
 
 mod cache;
 mod header;
 mod lists;
+mod mapped;
 
 use std::ops::Range;
 use std::sync::Arc;
@@ -19,13 +21,13 @@ pub use cache::ListCache;
 pub(crate) use header::HeaderSource;
 pub use lists::FetchStats;
 pub(crate) use lists::ListFetcher;
+pub(crate) use mapped::MappedFile;
 
 /// An index object pinned to the version seen when it was opened.
 #[derive(Clone)]
 pub(crate) struct Object {
     pub store: Arc<dyn ObjectStore>,
     pub path: Path,
-    pub size: u64,
     pub e_tag: Option<String>,
 }
 
@@ -43,7 +45,7 @@ impl Object {
     fn error(&self, e: object_store::Error, other: impl FnOnce(Arc<object_store::Error>) -> Error) -> Error {
         match e {
             object_store::Error::Precondition { .. } | object_store::Error::NotFound { .. } => {
-                Error::Changed { path: self.path.clone(), opened: self.e_tag.clone().unwrap_or_default() }
+                Error::Changed { path: self.path.clone(), opened: format!("ETag {}", self.e_tag.as_deref().unwrap_or("(none)")) }
             }
             e => other(Arc::new(e)),
         }

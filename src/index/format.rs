@@ -47,7 +47,7 @@ const KNOWN: [(&[u8; 4], &str); 30] = [
 
 /// Checks the outer type tag (and an IDMap's inner one) before FAISS parses the header.
 pub(crate) fn check_type(src: &HeaderSource) -> Result<()> {
-    let path = &src.object().path;
+    let path = src.path();
     let mut at = 0u64;
     for _ in 0..3 {
         let tag: [u8; 4] = fourcc(src, at)?;
@@ -78,7 +78,7 @@ pub(crate) fn check_type(src: &HeaderSource) -> Result<()> {
 fn fourcc(src: &HeaderSource, at: u64) -> Result<[u8; 4]> {
     match src.peek(at, 4) {
         Some(b) => Ok([b[0], b[1], b[2], b[3]]),
-        None => Err(Error::Truncated { path: src.object().path.clone(), needed: at..at + 4, size: src.object().size }),
+        None => Err(Error::Truncated { path: src.path().clone(), needed: at..at + 4, size: src.size() }),
     }
 }
 
@@ -87,9 +87,9 @@ fn fourcc(src: &HeaderSource, at: u64) -> Result<[u8; 4]> {
 fn inner_offset(src: &HeaderSource, at: u64) -> Result<u64> {
     let metric_at = at + 4 + 4 + 8 * 3 + 1;
     let m = src.peek(metric_at, 4).ok_or_else(|| Error::Truncated {
-        path: src.object().path.clone(),
+        path: src.path().clone(),
         needed: metric_at..metric_at + 4,
-        size: src.object().size,
+        size: src.size(),
     })?;
     let metric = i32::from_le_bytes([m[0], m[1], m[2], m[3]]);
     Ok(metric_at + 4 + if metric > 1 { 4 } else { 0 })

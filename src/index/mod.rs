@@ -12,7 +12,7 @@ use object_store::path::Path;
 use object_store::ObjectStore;
 
 use crate::error::{Error, Result};
-use crate::fetch::{FetchStats, HeaderSource, ListCache, ListFetcher};
+use crate::fetch::{FetchStats, HeaderSource, ListCache, ListFetcher, MappedFile};
 use crate::ffi::bridge;
 
 pub use build::IvfIndexBuilder;
@@ -130,30 +130,40 @@ impl IvfIndex {
     }
 
     pub async fn open_with(store: Arc<dyn ObjectStore>, path: &Path, options: OpenOptions) -> Result<IvfIndex> {
-        let mut src = HeaderSource::start(store, path.clone()).await?;
-        format::check_type(&src)?;
-        let (inner, src) = tokio::task::spawn_blocking(move || {
-            let opened = bridge::open_index(&mut src);
-            (opened, src)
-        })
-        .await
-        .expect("header parse task panicked");
-        let object = src.object().clone();
-        let inner = match (inner, src.failure) {
-            (Ok(inner), _) => inner,
-            (Err(_), Some(failure)) => return Err(failure),
-            (Err(e), None) => return Err(Error::NotFaiss { path: object.path, detail: e.what().to_string() }),
-        };
+        let src = HeaderSource::start(store, path.clone()).await?;
+        let (inner, src) = parse_header(src).await?;
+        let object = src.remote().expect("a header fetched from a store has a remote");
+        let cache = options.cache.unwrap_or_else(|| ListCache::new(DEFAULT_CACHE_BYTES));
+        Self::assemble(inner, &src, |offsets| ListFetcher::remote(object, offsets, options.max_in_flight, cache))
+    }
+
+    /// Opens a local index file by memory-mapping it: the header is parsed from the map
+    /// and a search reads only the pages of the lists it probes (no cache, no GETs). A
+    /// file resized or rewritten after open fails searches with `Error::Changed`.
+    pub async fn open_file(file: impl AsRef<std::path::Path>) -> Result<IvfIndex> {
+        let file = file.as_ref().to_path_buf();
+        let mapped = tokio::task::spawn_blocking(move || MappedFile::open(&file)).await.expect("mmap task panicked")?;
+        let src = HeaderSource::in_memory(mapped.path().clone(), mapped.bytes());
+        let (inner, src) = parse_header(src).await?;
+        Self::assemble(inner, &src, |offsets| ListFetcher::mapped(mapped, offsets))
+    }
+
+    fn assemble(
+        inner: cxx::UniquePtr<bridge::IvfIndex>,
+        src: &HeaderSource,
+        fetcher: impl FnOnce(Vec<u64>) -> ListFetcher,
+    ) -> Result<IvfIndex> {
+        let path = src.path().clone();
         let raw = inner.info();
         if !raw.unsupported.is_empty() {
-            return Err(Error::Unsupported { path: object.path, type_name: raw.unsupported });
+            return Err(Error::Unsupported { path, type_name: raw.unsupported });
         }
         let metric = Metric::from_faiss(raw.metric).ok_or_else(|| Error::Unsupported {
-            path: object.path.clone(),
+            path: path.clone(),
             type_name: format!("{} with FAISS metric {}", raw.description, raw.metric),
         })?;
-        if raw.data_end > object.size {
-            return Err(Error::ListsBeyondEnd { path: object.path, lists: raw.data_start..raw.data_end, size: object.size });
+        if raw.data_end > src.size() {
+            return Err(Error::ListsBeyondEnd { path, lists: raw.data_start..raw.data_end, size: src.size() });
         }
         let sizes = inner.list_sizes();
         let mut offsets = Vec::with_capacity(sizes.len() + 1);
@@ -170,7 +180,7 @@ impl IvfIndex {
             ntotal: raw.ntotal.max(0) as u64,
             code_size: raw.code_size,
             description: raw.description.clone(),
-            file_size: object.size,
+            file_size: src.size(),
             lists: raw.data_start..raw.data_end,
         };
         Ok(IvfIndex {
@@ -179,12 +189,7 @@ impl IvfIndex {
             sizes,
             d_ivf: raw.d_ivf,
             transforms: raw.transforms > 0,
-            fetcher: Arc::new(ListFetcher::new(
-                object,
-                offsets,
-                options.max_in_flight,
-                options.cache.unwrap_or_else(|| ListCache::new(DEFAULT_CACHE_BYTES)),
-            )),
+            fetcher: Arc::new(fetcher(offsets)),
             open_stats: FetchStats { gets: src.gets, bytes: src.bytes, ..Default::default() },
         })
     }
@@ -213,8 +218,8 @@ impl IvfIndex {
         self.fetcher.totals()
     }
 
-    /// The cache holding this index's lists.
-    pub fn cache(&self) -> &ListCache {
+    /// The cache holding this index's lists (`None` for a memory-mapped file).
+    pub fn cache(&self) -> Option<&ListCache> {
         self.fetcher.cache()
     }
 
@@ -274,6 +279,20 @@ impl IvfIndex {
             distances,
             stats: SearchStats { lists_probed: needed.len() as u64, codes_scanned: scan.codes_scanned, fetch: fetched },
         })
+    }
+}
+
+/// Parses the header with FAISS on a blocking thread; a failed read's typed error wins
+/// over FAISS's message.
+async fn parse_header(mut src: HeaderSource) -> Result<(cxx::UniquePtr<bridge::IvfIndex>, HeaderSource)> {
+    format::check_type(&src)?;
+    let (opened, src) = tokio::task::spawn_blocking(move || (bridge::open_index(&mut src), src))
+        .await
+        .expect("header parse task panicked");
+    match (opened, src.failure.clone()) {
+        (Ok(inner), _) => Ok((inner, src)),
+        (Err(_), Some(failure)) => Err(failure),
+        (Err(e), None) => Err(Error::NotFaiss { path: src.path().clone(), detail: e.what().to_string() }),
     }
 }
 

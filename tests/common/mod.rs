@@ -110,26 +110,46 @@ pub fn assert_same(ours: &SearchResult, reference: &(Vec<i64>, Vec<f32>), what: 
     }
 }
 
+pub mod proxy;
+
 /// The S3 test server started by `scripts/s3.sh start` (via `make test`), as a store.
 pub fn s3_store() -> Arc<dyn ObjectStore> {
-    let env_file = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".work/s3/env");
-    let from_file = std::fs::read_to_string(&env_file).unwrap_or_default();
-    let var = |name: &str| {
-        std::env::var(name).ok().or_else(|| {
-            from_file.lines().find_map(|l| l.strip_prefix(&format!("{name}=")).map(str::to_string))
-        })
-        .unwrap_or_else(|| panic!("S3 test server not running ({name} unset, no {env_file:?}): run `make test` or scripts/s3.sh start"))
-    };
+    s3_store_with(None, Default::default(), Default::default())
+}
+
+/// Address of the S3 test server.
+pub fn s3_addr() -> std::net::SocketAddr {
+    s3_var("DFF_S3_ENDPOINT").trim_start_matches("http://").parse().expect("DFF_S3_ENDPOINT is http://IP:PORT")
+}
+
+/// The S3 test server's bucket through `endpoint` (e.g. a fault proxy), with retry and
+/// client settings.
+pub fn s3_store_with(
+    endpoint: Option<String>,
+    retry: object_store::RetryConfig,
+    client: object_store::ClientOptions,
+) -> Arc<dyn ObjectStore> {
     let store = object_store::aws::AmazonS3Builder::new()
-        .with_endpoint(var("DFF_S3_ENDPOINT"))
+        .with_endpoint(endpoint.unwrap_or_else(|| s3_var("DFF_S3_ENDPOINT")))
         .with_allow_http(true)
-        .with_bucket_name(var("DFF_S3_BUCKET"))
+        .with_bucket_name(s3_var("DFF_S3_BUCKET"))
         .with_region("us-east-1")
-        .with_access_key_id(var("DFF_S3_KEY"))
-        .with_secret_access_key(var("DFF_S3_SECRET"))
+        .with_access_key_id(s3_var("DFF_S3_KEY"))
+        .with_secret_access_key(s3_var("DFF_S3_SECRET"))
+        .with_retry(retry)
+        .with_client_options(client.with_allow_http(true))
         .build()
         .expect("S3 store");
     Arc::new(store)
+}
+
+fn s3_var(name: &str) -> String {
+    let env_file = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".work/s3/env");
+    let from_file = std::fs::read_to_string(&env_file).unwrap_or_default();
+    std::env::var(name)
+        .ok()
+        .or_else(|| from_file.lines().find_map(|l| l.strip_prefix(&format!("{name}=")).map(str::to_string)))
+        .unwrap_or_else(|| panic!("S3 test server not running ({name} unset, no {env_file:?}): run scripts/test.sh or scripts/s3.sh start"))
 }
 
 /// A path no other test run uses.
