@@ -38,55 +38,12 @@ async fn warm_search_is_served_from_cache() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_searches_share_gets_within_budget() {
-    let bytes = Arc::new(build_ours(&clustered(6000, D, 12, 33), D, "IVF64,SQ8", Metric::L2).await);
+    let bytes = build_ours(&clustered(6000, D, 12, 33), D, "IVF64,SQ8", Metric::L2).await;
     let (inner, path) = memory_store_with(&bytes, "shared.faiss").await;
     // A slow store, so all searches are in flight together.
     let config = ThrottleConfig { wait_get_per_call: Duration::from_millis(30), ..Default::default() };
     let store: Arc<dyn ObjectStore> = Arc::new(ThrottledStore::new(inner, config));
-    let list_bytes = bytes.len() as u64 / 2;
-    let budget = list_bytes / 4;
-    let cache = ListCache::new(budget);
-    let options = OpenOptions { cache: Some(cache.clone()), ..Default::default() };
-    let index = Arc::new(IvfIndex::open_with(store, &path, options).await.unwrap());
-
-    // Every search probes the same lists: single-flight must fetch each once.
-    let q = clustered(1, D, 12, 34);
-    let tasks: Vec<_> = (0..64)
-        .map(|_| {
-            let (index, bytes, q) = (index.clone(), bytes.clone(), q.clone());
-            tokio::spawn(async move {
-                let ours = index.search(&q, 10, 4).await.unwrap();
-                assert_same(&ours, &reference(&bytes, &q, 10, 4), "shared");
-                ours.stats
-            })
-        })
-        .collect();
-    let mut probed = 0;
-    for t in tasks {
-        probed = t.await.unwrap().lists_probed;
-    }
-    let totals = index.fetch_totals();
-    assert!(totals.cache_misses <= probed, "{totals:?}: lists fetched more than once");
-    assert!(totals.gets <= probed, "{totals:?}");
-    assert!(totals.shared + totals.cache_hits >= 63 * probed, "{totals:?}");
-
-    // Many different queries: the cache evicts to stay within budget; results stay exact.
-    let tasks: Vec<_> = (0..64)
-        .map(|i| {
-            let (index, bytes) = (index.clone(), bytes.clone());
-            tokio::spawn(async move {
-                let q = clustered(2, D, 12, 100 + i);
-                let ours = index.search(&q, 10, 16).await.unwrap();
-                assert_same(&ours, &reference(&bytes, &q, 10, 16), &format!("query {i}"));
-            })
-        })
-        .collect();
-    for t in tasks {
-        t.await.unwrap();
-    }
-    cache.sync();
-    assert!(cache.bytes() <= budget, "cache holds {} B, budget {budget} B", cache.bytes());
-    assert!(cache.bytes() > 0);
+    concurrent_within_budget(store, &path, bytes).await;
 }
 
 #[tokio::test]

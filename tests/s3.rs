@@ -90,3 +90,12 @@ async fn missing_object_on_s3() {
     let err = IvfIndex::open(s3_store(), &unique_path("absent.faiss")).await.unwrap_err();
     assert!(matches!(err, Error::NotFound { .. }), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_searches_share_gets_within_budget_on_s3() {
+    let store = s3_store();
+    let bytes = build_ours(&clustered(6000, D, 12, 26), D, "IVF64,SQ8", Metric::L2).await;
+    let path = unique_path("budget.faiss");
+    store.put(&path, PutPayload::from(bytes.clone())).await.unwrap();
+    concurrent_within_budget(store, &path, bytes).await;
+}

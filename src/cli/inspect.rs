@@ -1,16 +1,13 @@
-use datafusion_faiss::IvfIndex;
-
-use super::{local, CliResult};
+use super::{CliResult, Location};
 
 #[derive(clap::Args)]
 pub struct InspectArgs {
-    /// Index file.
-    path: std::path::PathBuf,
+    /// Index URL: a local path, file://, s3://bucket/key or memory://key.
+    url: String,
 }
 
 pub async fn run(args: InspectArgs) -> CliResult {
-    let (store, path) = local(&args.path)?;
-    let index = IvfIndex::open(store, &path).await?;
+    let index = Location::parse(&args.url)?.open().await?;
     let info = index.info();
     let mut sizes = index.cluster_sizes().to_vec();
     sizes.sort_unstable();

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::sync::Arc;
 
-use datafusion_faiss::{InMemoryIndex, IvfIndexBuilder, Metric, SearchResult};
+use datafusion_faiss::{InMemoryIndex, IvfIndex, IvfIndexBuilder, ListCache, Metric, OpenOptions, SearchResult};
 use object_store::memory::InMemory;
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
@@ -156,4 +156,55 @@ fn s3_var(name: &str) -> String {
 pub fn unique_path(name: &str) -> Path {
     let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
     Path::from(format!("run-{}-{nanos}/{name}", std::process::id()))
+}
+
+/// 64 concurrent searches of one query, then of 64 different ones, on an index opened
+/// with a cache an eighth of its size: every result equals FAISS, each list is fetched at
+/// most once while in use (single-flight), and the cache stays within its budget.
+pub async fn concurrent_within_budget(store: Arc<dyn ObjectStore>, path: &Path, bytes: Vec<u8>) {
+    let bytes = Arc::new(bytes);
+    let budget = bytes.len() as u64 / 8;
+    let cache = ListCache::new(budget);
+    let options = OpenOptions { cache: Some(cache.clone()), ..Default::default() };
+    let index = Arc::new(IvfIndex::open_with(store, path, options).await.unwrap());
+    let d = index.info().dimension;
+
+    // Every search probes the same lists: single-flight must fetch each once.
+    let q = clustered(1, d, 12, 34);
+    let tasks: Vec<_> = (0..64)
+        .map(|_| {
+            let (index, bytes, q) = (index.clone(), bytes.clone(), q.clone());
+            tokio::spawn(async move {
+                let ours = index.search(&q, 10, 4).await.unwrap();
+                assert_same(&ours, &reference(&bytes, &q, 10, 4), "shared");
+                ours.stats
+            })
+        })
+        .collect();
+    let mut probed = 0;
+    for t in tasks {
+        probed = t.await.unwrap().lists_probed;
+    }
+    let totals = index.fetch_totals();
+    assert!(totals.cache_misses <= probed, "{totals:?}: lists fetched more than once");
+    assert!(totals.gets <= probed, "{totals:?}");
+    assert!(totals.shared + totals.cache_hits >= 63 * probed, "{totals:?}");
+
+    // Many different queries: the cache evicts to stay within budget; results stay exact.
+    let tasks: Vec<_> = (0..64)
+        .map(|i| {
+            let (index, bytes) = (index.clone(), bytes.clone());
+            tokio::spawn(async move {
+                let q = clustered(2, d, 12, 100 + i);
+                let ours = index.search(&q, 10, 16).await.unwrap();
+                assert_same(&ours, &reference(&bytes, &q, 10, 16), &format!("query {i}"));
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    cache.sync();
+    assert!(cache.bytes() <= budget, "cache holds {} B, budget {budget} B", cache.bytes());
+    assert!(cache.bytes() > 0);
 }
