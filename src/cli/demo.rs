@@ -83,27 +83,25 @@ pub async fn run(args: DemoArgs) -> CliResult {
         faiss_time += t.elapsed();
     }
 
-    // Cold: the list cache emptied before each query (the header stays). Warm: the same
-    // queries again, lists cached (a mapped file has no cache: both passes read the map).
-    let mut passes = Vec::new();
-    for cold in [true, false] {
-        let mut pass = Pass::default();
-        for q in queries.chunks(d) {
-            if let (true, Some(cache)) = (cold, index.cache()) {
-                cache.clear();
-            }
+    // Each query twice: cold (list cache emptied first; the header stays) and then warm
+    // (its lists cached). A mapped file has no cache: both read the map.
+    let (mut cold, mut warm) = (Pass::default(), Pass::default());
+    for q in queries.chunks(d) {
+        if let Some(cache) = index.cache() {
+            cache.clear();
+        }
+        for pass in [&mut cold, &mut warm] {
             let t = Instant::now();
             let r = index.search(q, args.k, args.nprobe).await?;
             pass.times.push(t.elapsed());
             pass.ids.extend(r.ids);
-            pass.gets += r.stats.fetch.gets;
-            pass.bytes += r.stats.fetch.bytes + r.stats.fetch.bytes_mapped;
+            let f = r.stats.fetch;
+            pass.gets += f.gets;
+            pass.bytes += f.bytes + f.bytes_mapped;
             pass.probed += r.stats.lists_probed;
-            pass.probed_bytes += r.stats.fetch.bytes + r.stats.fetch.bytes_from_cache + r.stats.fetch.bytes_mapped;
+            pass.probed_bytes += f.bytes + f.bytes_from_cache + f.bytes_mapped;
         }
-        passes.push(pass);
     }
-    let (cold, warm) = (&passes[0], &passes[1]);
 
     let same = cold.ids.iter().zip(&faiss_ids).filter(|(a, b)| a == b).count();
     println!("first query {:?}", &cold.ids[..args.k]);
