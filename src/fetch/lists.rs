@@ -39,21 +39,31 @@ pub struct FetchStats {
 
 type Run = Shared<BoxFuture<'static, Result<Arc<[(usize, Bytes)]>>>>;
 
+/// Where each list lies: `offsets[i]..offsets[i + 1]` holds list `i`.
+#[derive(Clone)]
+struct Layout(Arc<[u64]>);
+
+impl Layout {
+    fn range(&self, list: usize) -> Range<u64> {
+        self.0[list]..self.0[list + 1]
+    }
+}
+
 /// Fetches inverted lists of one index.
 pub(crate) struct ListFetcher {
-    /// `offsets[i]..offsets[i + 1]` holds list `i`.
-    offsets: Vec<u64>,
+    layout: Layout,
     source: Source,
     totals: Totals,
 }
 
 enum Source {
-    Remote(Remote),
+    Remote(Arc<Remote>),
     Mapped(MappedFile),
 }
 
 struct Remote {
     object: Object,
+    layout: Layout,
     max_in_flight: usize,
     cache: ListCache,
     cache_id: u64,
@@ -74,18 +84,20 @@ struct Totals {
 
 impl ListFetcher {
     pub(crate) fn remote(object: Object, offsets: Vec<u64>, max_in_flight: usize, cache: ListCache) -> Self {
+        let layout = Layout(offsets.into());
         let remote = Remote {
             object,
+            layout: layout.clone(),
             max_in_flight: max_in_flight.max(1),
             cache,
             cache_id: ListCache::index_id(),
             in_flight: Mutex::new(HashMap::new()),
         };
-        ListFetcher { offsets, source: Source::Remote(remote), totals: Totals::default() }
+        ListFetcher { layout, source: Source::Remote(Arc::new(remote)), totals: Totals::default() }
     }
 
     pub(crate) fn mapped(file: MappedFile, offsets: Vec<u64>) -> Self {
-        ListFetcher { offsets, source: Source::Mapped(file), totals: Totals::default() }
+        ListFetcher { layout: Layout(offsets.into()), source: Source::Mapped(file), totals: Totals::default() }
     }
 
     pub(crate) fn path(&self) -> &Path {
@@ -104,7 +116,7 @@ impl ListFetcher {
     }
 
     pub(crate) fn range(&self, list: usize) -> Range<u64> {
-        self.offsets[list]..self.offsets[list + 1]
+        self.layout.range(list)
     }
 
     /// Sums of every fetch so far.
@@ -123,10 +135,10 @@ impl ListFetcher {
     }
 
     /// The bytes of `lists` (sorted, distinct, non-empty), in that order.
-    pub(crate) async fn fetch(self: &Arc<Self>, lists: &[usize]) -> Result<(Vec<(usize, Bytes)>, FetchStats)> {
+    pub(crate) async fn fetch(&self, lists: &[usize]) -> Result<(Vec<(usize, Bytes)>, FetchStats)> {
         let start = Instant::now();
         let (found, mut stats) = match &self.source {
-            Source::Remote(remote) => self.fetch_remote(remote, lists).await?,
+            Source::Remote(remote) => remote.fetch(lists).await?,
             Source::Mapped(file) => {
                 file.check()?;
                 let map = file.bytes();
@@ -146,7 +158,21 @@ impl ListFetcher {
         Ok((found, stats))
     }
 
-    async fn fetch_remote(self: &Arc<Self>, remote: &Remote, lists: &[usize]) -> Result<(Vec<(usize, Bytes)>, FetchStats)> {
+    fn add_totals(&self, s: &FetchStats) {
+        let t = &self.totals;
+        t.gets.fetch_add(s.gets, Ordering::Relaxed);
+        t.bytes.fetch_add(s.bytes, Ordering::Relaxed);
+        t.cache_hits.fetch_add(s.cache_hits, Ordering::Relaxed);
+        t.cache_misses.fetch_add(s.cache_misses, Ordering::Relaxed);
+        t.shared.fetch_add(s.shared, Ordering::Relaxed);
+        t.bytes_from_cache.fetch_add(s.bytes_from_cache, Ordering::Relaxed);
+        t.bytes_mapped.fetch_add(s.bytes_mapped, Ordering::Relaxed);
+        t.fetch_nanos.fetch_add(s.fetch_time.as_nanos() as u64, Ordering::Relaxed);
+    }
+}
+
+impl Remote {
+    async fn fetch(self: &Arc<Self>, lists: &[usize]) -> Result<(Vec<(usize, Bytes)>, FetchStats)> {
         let mut stats = FetchStats::default();
         let mut found: Vec<(usize, Bytes)> = Vec::with_capacity(lists.len());
         // Each awaited run, with the lists this search wants from it.
@@ -154,10 +180,10 @@ impl ListFetcher {
         {
             // Cache and in-flight are checked under one lock; a run fills the cache before
             // it leaves the in-flight map, so no list is fetched twice at once.
-            let mut in_flight = remote.in_flight.lock().expect("in-flight map poisoned");
+            let mut in_flight = self.in_flight.lock().expect("in-flight map poisoned");
             let mut claimed: Vec<usize> = Vec::new();
             for &list in lists {
-                if let Some(bytes) = remote.cache.get(remote.cache_id, list) {
+                if let Some(bytes) = self.cache.get(self.cache_id, list) {
                     stats.cache_hits += 1;
                     stats.bytes_from_cache += bytes.len() as u64;
                     found.push((list, bytes));
@@ -175,14 +201,14 @@ impl ListFetcher {
                     in_flight.insert(list, run.clone());
                 }
                 stats.gets += 1;
-                stats.bytes += run_lists.iter().map(|&l| self.range(l).end - self.range(l).start).sum::<u64>();
+                stats.bytes += run_lists.iter().map(|&l| self.layout.range(l).end - self.layout.range(l).start).sum::<u64>();
                 waits.push((run, run_lists));
             }
         }
         // Boxed so the stream's type names no closure: keeps `search` futures `Send`.
         let picks: Vec<BoxFuture<'static, Result<Vec<(usize, Bytes)>>>> = waits.into_iter().map(|w| pick(w).boxed()).collect();
         let fetched: Vec<Vec<(usize, Bytes)>> = futures::stream::iter(picks)
-            .buffer_unordered(remote.max_in_flight)
+            .buffer_unordered(self.max_in_flight)
             .try_collect()
             .await?;
         found.extend(fetched.into_iter().flatten());
@@ -195,7 +221,7 @@ impl ListFetcher {
         let mut runs: Vec<Vec<usize>> = Vec::new();
         for &list in lists {
             match runs.last_mut() {
-                Some(run) if self.range(run[run.len() - 1]).end == self.range(list).start => run.push(list),
+                Some(run) if self.layout.range(run[run.len() - 1]).end == self.layout.range(list).start => run.push(list),
                 _ => runs.push(vec![list]),
             }
         }
@@ -203,12 +229,11 @@ impl ListFetcher {
     }
 
     async fn fetch_run(self: Arc<Self>, lists: Vec<usize>) -> Result<Arc<[(usize, Bytes)]>> {
-        let Source::Remote(remote) = &self.source else { unreachable!("runs are fetched from remote sources only") };
-        let result = self.get_run(&remote.object, &lists).await;
-        let mut in_flight = remote.in_flight.lock().expect("in-flight map poisoned");
+        let result = self.get_run(&lists).await;
+        let mut in_flight = self.in_flight.lock().expect("in-flight map poisoned");
         if let Ok(parts) = &result {
             for (list, bytes) in parts.iter() {
-                remote.cache.insert(remote.cache_id, *list, bytes.clone());
+                self.cache.insert(self.cache_id, *list, bytes.clone());
             }
         }
         for list in &lists {
@@ -217,9 +242,10 @@ impl ListFetcher {
         result
     }
 
-    async fn get_run(&self, object: &Object, lists: &[usize]) -> Result<Arc<[(usize, Bytes)]>> {
+    async fn get_run(&self, lists: &[usize]) -> Result<Arc<[(usize, Bytes)]>> {
         let first = lists[0];
-        let range = self.range(first).start..self.range(lists[lists.len() - 1]).end;
+        let range = self.layout.range(first).start..self.layout.range(lists[lists.len() - 1]).end;
+        let object = &self.object;
         let got = object.get(range.clone()).await.map_err(|e| {
             object.error(e, |source| Error::Fetch { path: object.path.clone(), list: first, range: range.clone(), source })
         })?;
@@ -230,22 +256,10 @@ impl ListFetcher {
         Ok(lists
             .iter()
             .map(|&list| {
-                let r = self.range(list);
+                let r = self.layout.range(list);
                 (list, got.slice((r.start - range.start) as usize..(r.end - range.start) as usize))
             })
             .collect())
-    }
-
-    fn add_totals(&self, s: &FetchStats) {
-        let t = &self.totals;
-        t.gets.fetch_add(s.gets, Ordering::Relaxed);
-        t.bytes.fetch_add(s.bytes, Ordering::Relaxed);
-        t.cache_hits.fetch_add(s.cache_hits, Ordering::Relaxed);
-        t.cache_misses.fetch_add(s.cache_misses, Ordering::Relaxed);
-        t.shared.fetch_add(s.shared, Ordering::Relaxed);
-        t.bytes_from_cache.fetch_add(s.bytes_from_cache, Ordering::Relaxed);
-        t.bytes_mapped.fetch_add(s.bytes_mapped, Ordering::Relaxed);
-        t.fetch_nanos.fetch_add(s.fetch_time.as_nanos() as u64, Ordering::Relaxed);
     }
 }
 

@@ -112,7 +112,7 @@ pub struct IvfIndex {
     /// Dimension inside the IVF index, after the transforms (if any).
     d_ivf: usize,
     transforms: bool,
-    fetcher: Arc<ListFetcher>,
+    fetcher: ListFetcher,
     open_stats: FetchStats,
 }
 
@@ -189,7 +189,7 @@ impl IvfIndex {
             sizes,
             d_ivf: raw.d_ivf,
             transforms: raw.transforms > 0,
-            fetcher: Arc::new(fetcher(offsets)),
+            fetcher: fetcher(offsets),
             open_stats: FetchStats { gets: src.gets, bytes: src.bytes, ..Default::default() },
         })
     }
