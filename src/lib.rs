@@ -16,4 +16,5 @@ pub use error::{Error, Result};
 pub use fetch::{FetchStats, ListCache};
 pub use index::{
     InMemoryIndex, IndexInfo, IvfIndex, IvfIndexBuilder, Metric, OpenOptions, SearchResult, SearchStats, DEFAULT_CACHE_BYTES,
+    MAX_RESULTS,
 };

@@ -134,6 +134,7 @@ async fn bad_queries() {
     assert!(msg(index.search(&inf, 5, 4).await).contains("non-finite"));
     assert!(msg(index.search(&q, 0, 4).await).contains("k must"));
     assert!(msg(index.search(&q, 5, 0).await).contains("nprobe must"));
+    assert!(msg(index.search(&q, usize::MAX, 4).await).contains("exceeds"));
 }
 
 #[tokio::test]

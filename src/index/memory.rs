@@ -41,6 +41,9 @@ impl InMemoryIndex {
             return Err(Error::InvalidSearch("k and nprobe must be at least 1".into()));
         }
         let n = queries.len() / self.dimension;
+        if n.checked_mul(k).is_none_or(|cells| cells > super::MAX_RESULTS) {
+            return Err(Error::InvalidSearch(format!("{n} queries × k = {k} exceeds {} results per call", super::MAX_RESULTS)));
+        }
         let mut distances = vec![0f32; n * k];
         let mut ids = vec![0i64; n * k];
         self.inner

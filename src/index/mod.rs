@@ -72,6 +72,9 @@ pub struct OpenOptions {
     pub cache: Option<ListCache>,
 }
 
+/// Most result cells (queries × k) one search call returns.
+pub const MAX_RESULTS: usize = 1 << 28;
+
 /// Budget of the list cache an index gets when `OpenOptions::cache` is `None`.
 pub const DEFAULT_CACHE_BYTES: u64 = 256 * 1024 * 1024;
 
@@ -236,6 +239,9 @@ impl IvfIndex {
             return Err(Error::InvalidSearch("nprobe must be at least 1".into()));
         }
         let n = queries.len() / d;
+        if n.checked_mul(k).is_none_or(|cells| cells > MAX_RESULTS) {
+            return Err(Error::InvalidSearch(format!("{n} queries × k = {k} exceeds {MAX_RESULTS} results per call")));
+        }
         let nprobe = nprobe.min(self.info.nlist);
         let context = || format!("searching {}", self.fetcher.path());
 
