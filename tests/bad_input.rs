@@ -12,8 +12,8 @@ use futures::StreamExt;
 use object_store::memory::InMemory;
 use object_store::path::Path;
 use object_store::{
-    CopyOptions, GetOptions, GetRange, GetResult, GetResultPayload, ListResult, MultipartUpload, ObjectMeta, ObjectStore,
-    ObjectStoreExt, PutMultipartOptions, PutOptions, PutPayload, PutResult,
+    CopyOptions, GetOptions, GetRange, GetResult, GetResultPayload, ListResult, MultipartUpload, ObjectMeta,
+    ObjectStore, ObjectStoreExt, PutMultipartOptions, PutOptions, PutPayload, PutResult,
 };
 
 const D: usize = 16;
@@ -195,7 +195,12 @@ impl fmt::Display for ShortReads {
 
 #[async_trait::async_trait]
 impl ObjectStore for ShortReads {
-    async fn put_opts(&self, location: &Path, payload: PutPayload, opts: PutOptions) -> object_store::Result<PutResult> {
+    async fn put_opts(
+        &self,
+        location: &Path,
+        payload: PutPayload,
+        opts: PutOptions,
+    ) -> object_store::Result<PutResult> {
         self.inner.put_opts(location, payload, opts).await
     }
     async fn put_multipart_opts(
@@ -211,7 +216,8 @@ impl ObjectStore for ShortReads {
         if !short {
             return Ok(result);
         }
-        let (meta, range, attributes): (ObjectMeta, Range<u64>, _) = (result.meta.clone(), result.range.clone(), result.attributes.clone());
+        let (meta, range, attributes): (ObjectMeta, Range<u64>, _) =
+            (result.meta.clone(), result.range.clone(), result.attributes.clone());
         let mut bytes = result.bytes().await?;
         bytes.truncate(bytes.len() - 1);
         let payload = GetResultPayload::Stream(futures::stream::once(async move { Ok(bytes) }).boxed());

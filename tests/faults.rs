@@ -15,7 +15,11 @@ const D: usize = 32;
 
 fn retry(max_retries: usize, retry_timeout: Duration) -> RetryConfig {
     RetryConfig {
-        backoff: BackoffConfig { init_backoff: Duration::from_millis(5), max_backoff: Duration::from_millis(50), base: 2.0 },
+        backoff: BackoffConfig {
+            init_backoff: Duration::from_millis(5),
+            max_backoff: Duration::from_millis(50),
+            base: 2.0,
+        },
         max_retries,
         retry_timeout,
     }

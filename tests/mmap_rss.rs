@@ -9,7 +9,15 @@ use datafusion_faiss::IvfIndex;
 
 fn rss_bytes() -> u64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    let kb: u64 = status.lines().find_map(|l| l.strip_prefix("VmRSS:")).unwrap().trim().trim_end_matches(" kB").trim().parse().unwrap();
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .unwrap()
+        .trim()
+        .trim_end_matches(" kB")
+        .trim()
+        .parse()
+        .unwrap();
     kb * 1024
 }
 
@@ -43,6 +51,10 @@ async fn large_mapped_index_stays_mostly_on_disk() {
         "file {size} B; RSS before {before} B, after open {after_open} B, after 100 searches {after_search} B; lists read {mapped} B"
     );
     let header = index.info().lists.start;
-    assert!(after_open.saturating_sub(before) < header + 64 * 1024 * 1024, "open grew RSS by {} B", after_open - before);
+    assert!(
+        after_open.saturating_sub(before) < header + 64 * 1024 * 1024,
+        "open grew RSS by {} B",
+        after_open - before
+    );
     assert!(after_search < size / 3, "RSS {after_search} B after searches, file {size} B");
 }

@@ -21,7 +21,8 @@ async fn equals_faiss_on_s3() {
         ("OPQ8,IVF32,PQ8np", Metric::L2, true),
         ("IDMap2,IVF32,Flat", Metric::InnerProduct, false),
     ] {
-        let bytes = if python { build_python(&x, D, factory, metric) } else { build_ours(&x, D, factory, metric).await };
+        let bytes =
+            if python { build_python(&x, D, factory, metric) } else { build_ours(&x, D, factory, metric).await };
         let path = unique_path("index.faiss");
         store.put(&path, PutPayload::from(bytes.clone())).await.unwrap();
         let index = IvfIndex::open(store.clone(), &path).await.unwrap();

@@ -101,7 +101,12 @@ async fn open_reads_header_only_and_search_fetches_probed_lists() {
     assert!(info.lists.start > 64 * 1024, "header {} bytes", info.lists.start);
     let open = index.open_stats();
     assert_eq!(open.gets, 2, "GETs to open");
-    assert!(open.bytes <= info.lists.start + 64 * 1024, "open read {} bytes, header is {}", open.bytes, info.lists.start);
+    assert!(
+        open.bytes <= info.lists.start + 64 * 1024,
+        "open read {} bytes, header is {}",
+        open.bytes,
+        info.lists.start
+    );
     assert_eq!(info.lists.end, info.file_size);
 
     // List ranges tile the list section in order.

@@ -117,7 +117,11 @@ pub async fn run(args: DemoArgs) -> CliResult {
         "io/query    nprobe {}, cold: {:.1} lists, {}, {:.0} B read = {:.3} x probed-list bytes = {:.3}% of the file",
         args.nprobe,
         per(cold.probed),
-        if index.cache().is_some() { format!("{:.1} GETs in one round trip", per(cold.gets)) } else { "memory-mapped".into() },
+        if index.cache().is_some() {
+            format!("{:.1} GETs in one round trip", per(cold.gets))
+        } else {
+            "memory-mapped".into()
+        },
         per(cold.bytes),
         cold.bytes as f64 / cold.probed_bytes.max(1) as f64,
         100.0 * per(cold.bytes) / info.file_size as f64,
@@ -196,6 +200,7 @@ fn exact_knn(base: &[f32], queries: &[f32], d: usize, k: usize) -> Vec<i64> {
 
 /// Fraction of the true k nearest found, per query, averaged.
 fn recall(found: &[i64], exact: &[i64], k: usize) -> f64 {
-    let hits: usize = found.chunks(k).zip(exact.chunks(k)).map(|(f, e)| f.iter().filter(|id| e.contains(id)).count()).sum();
+    let hits: usize =
+        found.chunks(k).zip(exact.chunks(k)).map(|(f, e)| f.iter().filter(|id| e.contains(id)).count()).sum();
     hits as f64 / exact.len() as f64
 }

@@ -28,7 +28,8 @@ impl Location {
     pub fn parse(url: &str) -> CliResult<Location> {
         if let Some(rest) = url.strip_prefix("s3://") {
             let (bucket, key) = rest.split_once('/').ok_or_else(|| format!("{url}: expected s3://bucket/key"))?;
-            let store = AmazonS3Builder::from_env().with_bucket_name(bucket).build().map_err(|e| format!("{url}: {e}"))?;
+            let store =
+                AmazonS3Builder::from_env().with_bucket_name(bucket).build().map_err(|e| format!("{url}: {e}"))?;
             return Ok(Location { store: Arc::new(store), path: Path::parse(key)?, file: None });
         }
         if let Some(key) = url.strip_prefix("memory://") {

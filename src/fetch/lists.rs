@@ -201,16 +201,16 @@ impl Remote {
                     in_flight.insert(list, run.clone());
                 }
                 stats.gets += 1;
-                stats.bytes += run_lists.iter().map(|&l| self.layout.range(l).end - self.layout.range(l).start).sum::<u64>();
+                stats.bytes +=
+                    run_lists.iter().map(|&l| self.layout.range(l).end - self.layout.range(l).start).sum::<u64>();
                 waits.push((run, run_lists));
             }
         }
         // Boxed so the stream's type names no closure: keeps `search` futures `Send`.
-        let picks: Vec<BoxFuture<'static, Result<Vec<(usize, Bytes)>>>> = waits.into_iter().map(|w| pick(w).boxed()).collect();
-        let fetched: Vec<Vec<(usize, Bytes)>> = futures::stream::iter(picks)
-            .buffer_unordered(self.max_in_flight)
-            .try_collect()
-            .await?;
+        let picks: Vec<BoxFuture<'static, Result<Vec<(usize, Bytes)>>>> =
+            waits.into_iter().map(|w| pick(w).boxed()).collect();
+        let fetched: Vec<Vec<(usize, Bytes)>> =
+            futures::stream::iter(picks).buffer_unordered(self.max_in_flight).try_collect().await?;
         found.extend(fetched.into_iter().flatten());
         found.sort_unstable_by_key(|(list, _)| *list);
         Ok((found, stats))
@@ -221,7 +221,9 @@ impl Remote {
         let mut runs: Vec<Vec<usize>> = Vec::new();
         for &list in lists {
             match runs.last_mut() {
-                Some(run) if self.layout.range(run[run.len() - 1]).end == self.layout.range(list).start => run.push(list),
+                Some(run) if self.layout.range(run[run.len() - 1]).end == self.layout.range(list).start => {
+                    run.push(list)
+                }
                 _ => runs.push(vec![list]),
             }
         }
@@ -247,11 +249,22 @@ impl Remote {
         let range = self.layout.range(first).start..self.layout.range(lists[lists.len() - 1]).end;
         let object = &self.object;
         let got = object.get(range.clone()).await.map_err(|e| {
-            object.error(e, |source| Error::Fetch { path: object.path.clone(), list: first, range: range.clone(), source })
+            object.error(e, |source| Error::Fetch {
+                path: object.path.clone(),
+                list: first,
+                range: range.clone(),
+                source,
+            })
         })?;
         let expected = range.end - range.start;
         if got.len() as u64 != expected {
-            return Err(Error::ShortRead { path: object.path.clone(), list: first, range, expected, got: got.len() as u64 });
+            return Err(Error::ShortRead {
+                path: object.path.clone(),
+                list: first,
+                range,
+                expected,
+                got: got.len() as u64,
+            });
         }
         Ok(lists
             .iter()

@@ -46,7 +46,10 @@ impl MappedFile {
     pub(crate) fn check(&self) -> Result<()> {
         let meta = self.file.metadata().map_err(|e| Error::Io { path: self.path.clone(), source: e.into() })?;
         if meta.len() != self.map.len() as u64 || meta.modified().ok() != self.modified {
-            return Err(Error::Changed { path: self.path.clone(), opened: format!("{} bytes, mtime {:?}", self.map.len(), self.modified) });
+            return Err(Error::Changed {
+                path: self.path.clone(),
+                opened: format!("{} bytes, mtime {:?}", self.map.len(), self.modified),
+            });
         }
         Ok(())
     }

@@ -33,20 +33,18 @@ pub(crate) struct Object {
 
 impl Object {
     async fn get(&self, range: Range<u64>) -> object_store::Result<Bytes> {
-        let options = GetOptions {
-            range: Some(GetRange::Bounded(range)),
-            if_match: self.e_tag.clone(),
-            ..Default::default()
-        };
+        let options =
+            GetOptions { range: Some(GetRange::Bounded(range)), if_match: self.e_tag.clone(), ..Default::default() };
         self.store.get_opts(&self.path, options).await?.bytes().await
     }
 
     /// A failed GET: "changed" when the pinned version is gone, else what `other` makes.
     fn error(&self, e: object_store::Error, other: impl FnOnce(Arc<object_store::Error>) -> Error) -> Error {
         match e {
-            object_store::Error::Precondition { .. } | object_store::Error::NotFound { .. } => {
-                Error::Changed { path: self.path.clone(), opened: format!("ETag {}", self.e_tag.as_deref().unwrap_or("(none)")) }
-            }
+            object_store::Error::Precondition { .. } | object_store::Error::NotFound { .. } => Error::Changed {
+                path: self.path.clone(),
+                opened: format!("ETag {}", self.e_tag.as_deref().unwrap_or("(none)")),
+            },
             e => other(Arc::new(e)),
         }
     }

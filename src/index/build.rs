@@ -58,7 +58,10 @@ impl IvfIndexBuilder {
     pub fn train(&mut self, sample: &[f32]) -> Result<()> {
         self.check_vectors(sample, "training sample")?;
         let threads = self.threads;
-        self.inner.pin_mut().train(sample, threads).map_err(|e| Error::Build(format!("training {}: {}", self.factory, e.what())))
+        self.inner
+            .pin_mut()
+            .train(sample, threads)
+            .map_err(|e| Error::Build(format!("training {}: {}", self.factory, e.what())))
     }
 
     /// Adds `vectors` (`n × dimension`) under `ids` (`n`); callable many times.
@@ -68,7 +71,10 @@ impl IvfIndexBuilder {
             return Err(Error::Build(format!("{} ids for {} vectors", ids.len(), vectors.len() / self.dimension)));
         }
         let threads = self.threads;
-        self.inner.pin_mut().add(vectors, ids, threads).map_err(|e| Error::Build(format!("adding to {}: {}", self.factory, e.what())))
+        self.inner
+            .pin_mut()
+            .add(vectors, ids, threads)
+            .map_err(|e| Error::Build(format!("adding to {}: {}", self.factory, e.what())))
     }
 
     /// Writes the index as a standard FAISS file to `path` (multipart for large files)
@@ -89,7 +95,10 @@ impl IvfIndexBuilder {
     fn check_vectors(&self, x: &[f32], what: &str) -> Result<()> {
         let d = self.dimension;
         if x.is_empty() || x.len() % d != 0 {
-            return Err(Error::Build(format!("{what}: length {} is not a positive multiple of dimension {d}", x.len())));
+            return Err(Error::Build(format!(
+                "{what}: length {} is not a positive multiple of dimension {d}",
+                x.len()
+            )));
         }
         if let Some(at) = x.iter().position(|v| !v.is_finite()) {
             return Err(Error::Build(format!("{what}: row {} has a non-finite value at component {}", at / d, at % d)));

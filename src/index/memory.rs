@@ -25,7 +25,13 @@ impl InMemoryIndex {
 
     /// Downloads the whole object and loads it.
     pub async fn load(store: Arc<dyn ObjectStore>, path: &Path) -> Result<InMemoryIndex> {
-        let bytes = store.get(path).await.map_err(|e| Error::store(path, e))?.bytes().await.map_err(|e| Error::store(path, e))?;
+        let bytes = store
+            .get(path)
+            .await
+            .map_err(|e| Error::store(path, e))?
+            .bytes()
+            .await
+            .map_err(|e| Error::store(path, e))?;
         tokio::task::spawn_blocking(move || InMemoryIndex::from_bytes(&bytes)).await.expect("index load task panicked")
     }
 
@@ -42,7 +48,10 @@ impl InMemoryIndex {
         }
         let n = queries.len() / self.dimension;
         if n.checked_mul(k).is_none_or(|cells| cells > super::MAX_RESULTS) {
-            return Err(Error::InvalidSearch(format!("{n} queries × k = {k} exceeds {} results per call", super::MAX_RESULTS)));
+            return Err(Error::InvalidSearch(format!(
+                "{n} queries × k = {k} exceeds {} results per call",
+                super::MAX_RESULTS
+            )));
         }
         let mut distances = vec![0f32; n * k];
         let mut ids = vec![0i64; n * k];

@@ -254,23 +254,30 @@ impl IvfIndex {
                 let mut lists = vec![0i64; n * nprobe];
                 let mut coarse = vec![0f32; n * nprobe];
                 let mut transformed = vec![0f32; transformed_len];
-                inner.assign(&queries, nprobe, &mut lists, &mut coarse, &mut transformed).map(|()| (lists, coarse, transformed))
+                inner
+                    .assign(&queries, nprobe, &mut lists, &mut coarse, &mut transformed)
+                    .map(|()| (lists, coarse, transformed))
             })
             .await
             .expect("quantizer task panicked")
             .map_err(|e| Error::faiss(context(), e))?
         };
 
-        let mut needed: Vec<usize> =
-            lists.iter().filter(|&&l| l >= 0 && self.sizes.get(l as usize).is_some_and(|&s| s > 0)).map(|&l| l as usize).collect();
+        let mut needed: Vec<usize> = lists
+            .iter()
+            .filter(|&&l| l >= 0 && self.sizes.get(l as usize).is_some_and(|&s| s > 0))
+            .map(|&l| l as usize)
+            .collect();
         needed.sort_unstable();
         needed.dedup();
         let (data, fetched) = self.fetcher.fetch(&needed).await?;
 
         let inner = self.inner.clone();
         let scanned = tokio::task::spawn_blocking(move || {
-            let views: Vec<bridge::ListBytes> =
-                data.iter().map(|(list, bytes): &(usize, Bytes)| bridge::ListBytes { list_no: *list as i64, bytes }).collect();
+            let views: Vec<bridge::ListBytes> = data
+                .iter()
+                .map(|(list, bytes): &(usize, Bytes)| bridge::ListBytes { list_no: *list as i64, bytes })
+                .collect();
             let x: &[f32] = if transformed.is_empty() { &queries } else { &transformed };
             let mut distances = vec![0f32; n * k];
             let mut ids = vec![0i64; n * k];

@@ -71,7 +71,14 @@ pub fn build_python(x: &[f32], d: usize, factory: &str, metric: Metric) -> Vec<u
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/python/write_index.py");
     let metric = if metric == Metric::L2 { "l2" } else { "ip" };
     let status = Command::new("/usr/bin/python3")
-        .args([script.as_os_str(), vectors.as_os_str(), d.to_string().as_ref(), factory.as_ref(), metric.as_ref(), out.as_os_str()])
+        .args([
+            script.as_os_str(),
+            vectors.as_os_str(),
+            d.to_string().as_ref(),
+            factory.as_ref(),
+            metric.as_ref(),
+            out.as_os_str(),
+        ])
         .status()
         .expect("running /usr/bin/python3 (python3-faiss): run scripts/setup.sh");
     assert!(status.success(), "python3-faiss failed to write {factory}");
@@ -103,8 +110,13 @@ pub fn assert_same(ours: &SearchResult, reference: &(Vec<i64>, Vec<f32>), what: 
         for r in 0..k {
             assert!(close(dis[r], ref_d[r]), "{what}: query {q} rank {r}: distance {} vs FAISS {}", dis[r], ref_d[r]);
             if row[r] != ref_row[r] {
-                let tied = (0..k).any(|s| ref_row[s] == row[r] && close(ref_d[s], dis[r])) || close(dis[r], ref_d[k - 1]);
-                assert!(tied, "{what}: query {q} rank {r}: id {} vs FAISS {} (distance {})", row[r], ref_row[r], dis[r]);
+                let tied =
+                    (0..k).any(|s| ref_row[s] == row[r] && close(ref_d[s], dis[r])) || close(dis[r], ref_d[k - 1]);
+                assert!(
+                    tied,
+                    "{what}: query {q} rank {r}: id {} vs FAISS {} (distance {})",
+                    row[r], ref_row[r], dis[r]
+                );
             }
         }
     }

@@ -17,11 +17,18 @@ use super::Rng;
 pub enum Fault {
     None,
     /// The next `n` requests get `status`.
-    Fail { n: usize, status: u16 },
+    Fail {
+        n: usize,
+        status: u16,
+    },
     /// Each request gets a 500 with this probability (percent).
-    FailRandom { percent: u64 },
+    FailRandom {
+        percent: u64,
+    },
     /// The next `n` GET responses with a body lose the second half of it.
-    CutBody { n: usize },
+    CutBody {
+        n: usize,
+    },
     /// Every request waits this long before it is forwarded.
     Delay(Duration),
 }
@@ -187,7 +194,11 @@ async fn read_request(conn: &mut TcpStream) -> std::io::Result<Option<Vec<u8>>> 
 fn with_connection_close(request: &[u8]) -> Vec<u8> {
     let head_end = find(request, b"\r\n\r\n").unwrap() + 2;
     let head = String::from_utf8_lossy(&request[..head_end]);
-    let mut out: String = head.lines().filter(|l| !l.to_ascii_lowercase().starts_with("connection:")).map(|l| format!("{l}\r\n")).collect();
+    let mut out: String = head
+        .lines()
+        .filter(|l| !l.to_ascii_lowercase().starts_with("connection:"))
+        .map(|l| format!("{l}\r\n"))
+        .collect();
     out.push_str("Connection: close\r\n");
     let mut bytes = out.into_bytes();
     bytes.extend_from_slice(&request[head_end..]);

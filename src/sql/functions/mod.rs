@@ -108,7 +108,11 @@ impl ScalarUDFImpl for DistanceUdf {
     fn return_type(&self, arg_types: &[DataType]) -> Result<DataType> {
         for (i, t) in arg_types.iter().enumerate() {
             if !is_vector_type(t) {
-                return plan_err!("{}: argument {} must be a vector (list of numbers or '[...]' string), got {t}", self.name(), i + 1);
+                return plan_err!(
+                    "{}: argument {} must be a vector (list of numbers or '[...]' string), got {t}",
+                    self.name(),
+                    i + 1
+                );
             }
         }
         if let [DataType::FixedSizeList(_, a), DataType::FixedSizeList(_, b)] = arg_types {
@@ -121,7 +125,9 @@ impl ScalarUDFImpl for DistanceUdf {
 
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
         let name = self.name();
-        let [a, b] = args.args.as_slice() else { return exec_err!("{name}: takes 2 arguments, got {}", args.args.len()) };
+        let [a, b] = args.args.as_slice() else {
+            return exec_err!("{name}: takes 2 arguments, got {}", args.args.len());
+        };
         let (a, b) = (Vectors::from_arg(name, a)?, Vectors::from_arg(name, b)?);
         let rows = if a.is_scalar() && b.is_scalar() { 1 } else { args.number_rows };
         let mut out = Float64Array::builder(rows);

@@ -30,7 +30,9 @@ impl Vectors {
     pub(super) fn from_arg(name: &str, arg: &ColumnarValue) -> Result<Vectors> {
         match arg {
             ColumnarValue::Array(array) => Self::from_array(name, array, false),
-            ColumnarValue::Scalar(ScalarValue::Utf8(Some(s)) | ScalarValue::LargeUtf8(Some(s)) | ScalarValue::Utf8View(Some(s))) => {
+            ColumnarValue::Scalar(
+                ScalarValue::Utf8(Some(s)) | ScalarValue::LargeUtf8(Some(s)) | ScalarValue::Utf8View(Some(s)),
+            ) => {
                 let v = parse(name, s)?;
                 let len = v.len() as i32;
                 Ok(Vectors {
@@ -111,7 +113,9 @@ fn parse(name: &str, text: &str) -> Result<Vec<f32>> {
         .filter(|t| !t.is_empty())
         .enumerate()
         .map(|(i, t)| {
-            let v: f32 = t.parse().map_err(|_| exec_datafusion_err!("{name}: cannot read '{t}' (element {i}) of vector '{text}' as a number"))?;
+            let v: f32 = t.parse().map_err(|_| {
+                exec_datafusion_err!("{name}: cannot read '{t}' (element {i}) of vector '{text}' as a number")
+            })?;
             if v.is_finite() {
                 Ok(v)
             } else {
