@@ -232,20 +232,35 @@ Unwrapped unwrap(const faiss::Index* index) {
     return u;
 }
 
-IndexInfo make_info(const faiss::Index* root, const Unwrapped& u) {
+IndexInfo make_info(const faiss::Index* root, const faiss::IndexIVF* ivf, size_t transforms,
+                    const std::string& description, const std::string& unsupported) {
     IndexInfo info{};
     info.d = root->d;
     info.metric = int32_t(root->metric_type);
     info.ntotal = root->ntotal;
-    info.transforms = u.chain.size();
-    info.description = rust::String(u.description);
-    info.unsupported = rust::String(u.unsupported);
-    if (u.ivf) {
-        info.d_ivf = u.ivf->d;
-        info.nlist = u.ivf->nlist;
-        info.code_size = u.ivf->code_size;
+    info.transforms = transforms;
+    info.description = rust::String(description);
+    info.unsupported = rust::String(unsupported);
+    if (ivf) {
+        info.d_ivf = ivf->d;
+        info.nlist = ivf->nlist;
+        info.code_size = ivf->code_size;
     }
     return info;
+}
+
+// Translates labels through IDMap id maps, innermost first, as IndexIDMap::search does.
+void map_labels(const std::vector<const std::vector<int64_t>*>& id_maps, rust::Slice<int64_t> labels) {
+    for (const auto* map : id_maps) {
+        for (auto& l : labels) {
+            if (l < 0) continue;
+            if (size_t(l) >= map->size()) {
+                throw std::out_of_range("label " + std::to_string(l) + " beyond the id map (" +
+                                        std::to_string(map->size()) + " entries)");
+            }
+            l = (*map)[l];
+        }
+    }
 }
 
 // FAISS reads list codes as floats / int64: hand it aligned memory, copying a list only
@@ -277,12 +292,14 @@ IvfIndex::IvfIndex(std::unique_ptr<faiss::Index> root, uint64_t data_start, uint
     ivf_ = u.ivf;
     chain_ = std::move(u.chain);
     id_maps_ = std::move(u.id_maps);
+    description_ = std::move(u.description);
+    unsupported_ = std::move(u.unsupported);
 }
 
 IvfIndex::~IvfIndex() = default;
 
 IndexInfo IvfIndex::info() const {
-    IndexInfo info = make_info(root_.get(), unwrap(root_.get()));
+    IndexInfo info = make_info(root_.get(), ivf_, chain_.size(), description_, unsupported_);
     info.data_start = data_start_;
     info.data_end = data_end_;
     return info;
@@ -387,16 +404,7 @@ ScanStats IvfIndex::scan(rust::Slice<const float> queries, size_t k, size_t npro
             faiss::heap_reorder<faiss::CMax<float, int64_t>>(k, dis, ids);
         }
     }
-    for (const auto* map : id_maps_) {
-        for (auto& l : labels) {
-            if (l < 0) continue;
-            if (size_t(l) >= map->size()) {
-                throw std::out_of_range("label " + std::to_string(l) + " beyond the id map (" +
-                                        std::to_string(map->size()) + " entries)");
-            }
-            l = (*map)[l];
-        }
-    }
+    map_labels(id_maps_, labels);
     return stats;
 }
 
@@ -417,7 +425,10 @@ std::unique_ptr<IvfIndex> open_index(HeaderSource& src) {
 FaissIndex::FaissIndex(faiss::Index* index) : index_(index) {}
 FaissIndex::~FaissIndex() = default;
 
-IndexInfo FaissIndex::info() const { return make_info(index_.get(), unwrap(index_.get())); }
+IndexInfo FaissIndex::info() const {
+    Unwrapped u = unwrap(index_.get());
+    return make_info(index_.get(), u.ivf, u.chain.size(), u.description, u.unsupported);
+}
 
 void FaissIndex::train(rust::Slice<const float> x, size_t threads) {
     OmpThreads t{int(threads)};
@@ -452,11 +463,7 @@ void FaissIndex::search(rust::Slice<const float> queries, size_t k, size_t nprob
         target = m->index;
     }
     target->search(n, queries.data(), k, distances.data(), labels.data(), &params);
-    for (const auto* map : id_maps) {
-        for (auto& l : labels) {
-            if (l >= 0) l = map->at(l);
-        }
-    }
+    map_labels(id_maps, labels);
 }
 
 std::unique_ptr<FaissIndex> new_index(size_t d, rust::Str factory, int32_t metric) {

@@ -5,6 +5,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <string>
 #include <vector>
 
 #include "rust/cxx.h"
@@ -45,6 +46,8 @@ class IvfIndex {
     std::vector<const faiss::VectorTransform*> chain_;
     // Id maps from IDMap wrappers, innermost first.
     std::vector<const std::vector<int64_t>*> id_maps_;
+    std::string description_;
+    std::string unsupported_;
     uint64_t data_start_;
     uint64_t data_end_;
     std::vector<size_t> sizes_;
