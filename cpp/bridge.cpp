@@ -263,6 +263,25 @@ void map_labels(const std::vector<const std::vector<int64_t>*>& id_maps, rust::S
     }
 }
 
+// Admits a list entry when its label (after the id maps) is in the sorted `allowed` set.
+struct AllowedIds : faiss::IDSelector {
+    rust::Slice<const int64_t> allowed;
+    const std::vector<const std::vector<int64_t>*>& id_maps;
+
+    AllowedIds(rust::Slice<const int64_t> allowed,
+               const std::vector<const std::vector<int64_t>*>& id_maps)
+            : allowed(allowed), id_maps(id_maps) {}
+
+    bool is_member(idx_t id) const override {
+        int64_t label = id;
+        for (const auto* map : id_maps) {
+            if (label < 0 || size_t(label) >= map->size()) return false;
+            label = (*map)[label];
+        }
+        return std::binary_search(allowed.begin(), allowed.end(), label);
+    }
+};
+
 // FAISS reads list codes as floats / int64: hand it aligned memory, copying a list only
 // when its bytes sit at an odd offset inside the fetched buffer.
 template <class T>
@@ -336,7 +355,8 @@ void IvfIndex::assign(rust::Slice<const float> queries, size_t nprobe,
 
 ScanStats IvfIndex::scan(rust::Slice<const float> queries, size_t k, size_t nprobe,
                          rust::Slice<const int64_t> lists, rust::Slice<const float> coarse,
-                         rust::Slice<const ListBytes> data, rust::Slice<float> distances,
+                         rust::Slice<const ListBytes> data, bool filtered,
+                         rust::Slice<const int64_t> allowed, rust::Slice<float> distances,
                          rust::Slice<int64_t> labels) const {
     if (!ivf_) throw std::logic_error("index type is not searchable");
     OmpThreads one{1};
@@ -349,7 +369,9 @@ ScanStats IvfIndex::scan(rust::Slice<const float> queries, size_t k, size_t npro
     size_t code_size = ivf_->code_size;
     bool ip = ivf_->metric_type == faiss::METRIC_INNER_PRODUCT;
 
-    std::unique_ptr<faiss::InvertedListScanner> scanner(ivf_->get_InvertedListScanner(false));
+    AllowedIds selector(allowed, id_maps_);
+    std::unique_ptr<faiss::InvertedListScanner> scanner(
+            ivf_->get_InvertedListScanner(false, filtered ? &selector : nullptr));
     std::vector<float> spare_codes;
     std::vector<int64_t> spare_ids;
     ScanStats stats{};

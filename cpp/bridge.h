@@ -37,7 +37,8 @@ class IvfIndex {
                 rust::Slice<float> coarse, rust::Slice<float> transformed) const;
     ScanStats scan(rust::Slice<const float> queries, size_t k, size_t nprobe,
                    rust::Slice<const int64_t> lists, rust::Slice<const float> coarse,
-                   rust::Slice<const ListBytes> data, rust::Slice<float> distances,
+                   rust::Slice<const ListBytes> data, bool filtered,
+                   rust::Slice<const int64_t> allowed, rust::Slice<float> distances,
                    rust::Slice<int64_t> labels) const;
 
    private:

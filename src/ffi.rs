@@ -69,6 +69,8 @@ pub(crate) mod bridge {
             lists: &[i64],
             coarse: &[f32],
             data: &[ListBytes],
+            filtered: bool,
+            allowed: &[i64],
             distances: &mut [f32],
             labels: &mut [i64],
         ) -> Result<ScanStats>;

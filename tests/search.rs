@@ -42,6 +42,21 @@ async fn check_file(bytes: &[u8], what: &str) {
         assert_same(&ours, &reference(bytes, &queries, k, nprobe), &format!("{what} k={k} nprobe={nprobe}"));
         assert!(ours.stats.lists_probed <= (25 * nprobe.min(32)) as u64);
     }
+    // Filtered: FAISS's full ranking of the probed lists, restricted to the allowed ids.
+    let full = reference(bytes, &queries, N, 4);
+    // Covers both id schemes: 0..N and the builders' 3i + 11.
+    let allowed: Vec<i64> = (0..3 * N as i64 + 11).filter(|id| id % 7 == 2).collect();
+    let ours = index.search_among(&queries, 10, 4, &allowed).await.unwrap();
+    let mut expected = (Vec::new(), Vec::new());
+    for q in 0..25 {
+        let row = full.0[q * N..(q + 1) * N].iter().zip(&full.1[q * N..(q + 1) * N]);
+        let kept: Vec<_> = row.filter(|(id, _)| **id >= 0 && **id % 7 == 2).take(10).collect();
+        assert_eq!(kept.len(), 10, "{what}: too few allowed candidates in the test data");
+        expected.0.extend(kept.iter().map(|(id, _)| **id));
+        expected.1.extend(kept.iter().map(|(_, d)| **d));
+    }
+    assert_same(&ours, &expected, &format!("{what} filtered"));
+    assert!(ours.ids.iter().all(|id| id % 7 == 2), "{what}: filtered result has an id outside the allowed set");
     // More neighbours than candidates: padded with -1, as FAISS does.
     let one = &queries[..D];
     let ours = index.search(one, N + 50, 1).await.unwrap();

@@ -230,6 +230,26 @@ impl IvfIndex {
     /// each, probing `nprobe` lists per query (capped at nlist). Results equal FAISS's
     /// own search of the same file with the same nprobe.
     pub async fn search(&self, queries: &[f32], k: usize, nprobe: usize) -> Result<SearchResult> {
+        self.search_with(queries, k, nprobe, None).await
+    }
+
+    /// Like [`search`](Self::search), but only entries whose id is in `allowed` are
+    /// candidates (FAISS's `IDSelector`, applied while the lists are scanned): each query
+    /// gets the `k` nearest allowed vectors among the probed lists.
+    pub async fn search_among(&self, queries: &[f32], k: usize, nprobe: usize, allowed: &[i64]) -> Result<SearchResult> {
+        let mut allowed = allowed.to_vec();
+        allowed.sort_unstable();
+        allowed.dedup();
+        self.search_with(queries, k, nprobe, Some(allowed.into())).await
+    }
+
+    async fn search_with(
+        &self,
+        queries: &[f32],
+        k: usize,
+        nprobe: usize,
+        allowed: Option<Arc<[i64]>>,
+    ) -> Result<SearchResult> {
         let d = self.info.dimension;
         check_queries(queries, d)?;
         if k == 0 {
@@ -281,7 +301,11 @@ impl IvfIndex {
             let x: &[f32] = if transformed.is_empty() { &queries } else { &transformed };
             let mut distances = vec![0f32; n * k];
             let mut ids = vec![0i64; n * k];
-            inner.scan(x, k, nprobe, &lists, &coarse, &views, &mut distances, &mut ids).map(|s| (distances, ids, s))
+            let filtered = allowed.is_some();
+            let allowed: &[i64] = allowed.as_deref().unwrap_or(&[]);
+            inner
+                .scan(x, k, nprobe, &lists, &coarse, &views, filtered, allowed, &mut distances, &mut ids)
+                .map(|s| (distances, ids, s))
         })
         .await
         .expect("scan task panicked");

@@ -1,15 +1,43 @@
-//! The DataFusion layer: SQL functions (and, built on them, the vector table and the
-//! top-k rewrite).
+//! The DataFusion layer: distance functions, the vector table (and its `STORED AS FAISS`
+//! factory), the top-k rewrite and its index-scan exec, and `faiss.*` settings.
 
+mod config;
+mod exec;
+mod factory;
 pub mod functions;
+mod node;
+mod registry;
+mod rule;
+mod table;
 
+use std::sync::Arc;
+
+use datafusion::execution::session_state::SessionStateBuilder;
 use datafusion::prelude::SessionContext;
 
-/// Registers the vector functions on `ctx`, keeping its catalogs and other functions.
+pub use config::FaissConfig;
+pub use exec::IvfTopKExec;
+pub use factory::FaissTableFactory;
+pub use table::{VectorTable, VectorTableOptions};
+
+/// Registers everything on `ctx`, keeping its catalogs, functions and settings: the
+/// distance functions, `faiss.*` settings, `STORED AS FAISS`, the top-k rewrite and the
+/// planner of its index scan (this replaces a custom query planner, if `ctx` had one).
 /// `inner_product` and `cosine_distance` replace DataFusion's functions of those names
 /// (same results, Float32 vectors read without conversion to Float64 lists).
 pub fn register_all(ctx: &SessionContext) {
     for f in functions::all() {
         ctx.register_udf(f.as_ref().clone());
     }
+    let state = ctx.state_ref();
+    let mut state = state.write();
+    let mut next = SessionStateBuilder::new_from_existing(state.clone())
+        .with_query_planner(Arc::new(exec::FaissQueryPlanner))
+        .with_optimizer_rule(Arc::new(rule::IvfTopKRule))
+        .build();
+    next.table_factories_mut().insert("FAISS".into(), Arc::new(FaissTableFactory));
+    if next.config().options().extensions.get::<FaissConfig>().is_none() {
+        next.config_mut().options_mut().extensions.insert(FaissConfig::default());
+    }
+    *state = next;
 }

@@ -123,6 +123,7 @@ pub fn assert_same(ours: &SearchResult, reference: &(Vec<i64>, Vec<f32>), what: 
 }
 
 pub mod proxy;
+pub mod tables;
 
 /// The S3 test server started by `scripts/s3.sh start` (via `make test`), as a store.
 pub fn s3_store() -> Arc<dyn ObjectStore> {

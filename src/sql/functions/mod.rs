@@ -147,3 +147,10 @@ impl ScalarUDFImpl for DistanceUdf {
         Ok(ColumnarValue::Array(Arc::new(out)))
     }
 }
+
+/// The vector a literal argument holds (array literal or `'[...]'` string); `None` when
+/// it is NULL or not a vector.
+pub fn literal_vector(value: &datafusion::common::ScalarValue) -> Option<Vec<f32>> {
+    let v = Vectors::from_arg("literal", &ColumnarValue::Scalar(value.clone())).ok()?;
+    v.get(0).map(|x| x.to_vec())
+}

@@ -1,0 +1,344 @@
+//! The physical index scan: search the index for candidate ids, then emit the base
+//! table's rows for them. With a WHERE filter, the allowed keys come first (a scan of the
+//! key and filter columns) and either restrict the index search or, when few rows pass,
+//! are emitted whole for an exact ranking.
+
+use std::fmt;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use datafusion::arrow::array::{AsArray, RecordBatch};
+use datafusion::arrow::compute::cast;
+use datafusion::arrow::datatypes::{DataType, Int64Type, SchemaRef};
+use datafusion::catalog::{Session, TableProvider};
+use datafusion::common::tree_node::TreeNodeRecursion;
+use datafusion::common::{internal_err, DFSchema, Result, ScalarValue};
+use datafusion::execution::context::{QueryPlanner, SessionState};
+use datafusion::execution::{SendableRecordBatchStream, TaskContext};
+use datafusion::logical_expr::expr::InList;
+use datafusion::logical_expr::physical_planning_context::PhysicalPlanningContext;
+use datafusion::logical_expr::utils::conjunction;
+use datafusion::logical_expr::{col, lit, Expr, LogicalPlan, UserDefinedLogicalNode};
+use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
+use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
+use datafusion::physical_plan::filter::FilterExec;
+use datafusion::physical_plan::metrics::{Count, ExecutionPlanMetricsSet, MetricBuilder, MetricsSet};
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::physical_plan::{
+    execute_stream, DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties,
+};
+use datafusion::physical_planner::{DefaultPhysicalPlanner, ExtensionPlanner, PhysicalPlanner};
+use futures::{StreamExt, TryStreamExt};
+
+use super::node::{IvfTopKNode, TopK};
+use super::registry;
+use super::table::index_error;
+use crate::{IvfIndex, SearchStats};
+
+/// Physical planning with the index scan added to DataFusion's own planner.
+#[derive(Debug, Default)]
+pub struct FaissQueryPlanner;
+
+#[async_trait]
+impl QueryPlanner for FaissQueryPlanner {
+    async fn create_physical_plan(&self, plan: &LogicalPlan, session: &dyn Session) -> Result<Arc<dyn ExecutionPlan>> {
+        DefaultPhysicalPlanner::with_extension_planners(vec![Arc::new(IvfTopKPlanner)])
+            .create_physical_plan(plan, session)
+            .await
+    }
+}
+
+#[derive(Debug)]
+struct IvfTopKPlanner;
+
+#[async_trait]
+impl ExtensionPlanner for IvfTopKPlanner {
+    async fn plan_extension(
+        &self,
+        _planner: &dyn PhysicalPlanner,
+        node: &dyn UserDefinedLogicalNode,
+        _logical_inputs: &[&LogicalPlan],
+        _physical_inputs: &[Arc<dyn ExecutionPlan>],
+        session: &dyn Session,
+        _planning_ctx: &PhysicalPlanningContext,
+    ) -> Result<Option<Arc<dyn ExecutionPlan>>> {
+        let Some(node) = node.as_any().downcast_ref::<IvfTopKNode>() else { return Ok(None) };
+        let Some(state) = session.as_any().downcast_ref::<SessionState>() else {
+            return internal_err!("the FAISS index scan needs a SessionState");
+        };
+        Ok(Some(Arc::new(IvfTopKExec::new(node.spec.clone(), state.clone()))))
+    }
+}
+
+/// Emits, for one query vector, the base-table rows of the nearest candidates (or of
+/// every row passing a selective filter); the Sort above ranks them exactly.
+pub struct IvfTopKExec {
+    spec: TopK,
+    /// Plans the base-table scans at run time; the candidate keys are known only then.
+    state: SessionState,
+    schema: SchemaRef,
+    properties: Arc<PlanProperties>,
+    metrics: ExecutionPlanMetricsSet,
+}
+
+impl fmt::Debug for IvfTopKExec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "IvfTopKExec: {}", self.spec)
+    }
+}
+
+impl IvfTopKExec {
+    fn new(spec: TopK, state: SessionState) -> Self {
+        let schema = Arc::new(spec.table.schema().project(&spec.projection).expect("projection of the scan it replaced"));
+        let properties = Arc::new(PlanProperties::new(
+            EquivalenceProperties::new(schema.clone()),
+            Partitioning::UnknownPartitioning(1),
+            EmissionType::Final,
+            Boundedness::Bounded,
+        ));
+        IvfTopKExec { spec, state, schema, properties, metrics: ExecutionPlanMetricsSet::new() }
+    }
+
+    pub fn spec(&self) -> &TopK {
+        &self.spec
+    }
+}
+
+impl DisplayAs for IvfTopKExec {
+    fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
+        write!(f, "IvfTopKExec: {}", self.spec)
+    }
+}
+
+impl ExecutionPlan for IvfTopKExec {
+    fn name(&self) -> &str {
+        "IvfTopKExec"
+    }
+
+    fn properties(&self) -> &Arc<PlanProperties> {
+        &self.properties
+    }
+
+    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
+        vec![]
+    }
+
+    fn apply_expressions(
+        &self,
+        _f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> Result<TreeNodeRecursion>,
+    ) -> Result<TreeNodeRecursion> {
+        Ok(TreeNodeRecursion::Continue)
+    }
+
+    fn with_new_children(self: Arc<Self>, children: Vec<Arc<dyn ExecutionPlan>>) -> Result<Arc<dyn ExecutionPlan>> {
+        if !children.is_empty() {
+            return internal_err!("IvfTopKExec has no children");
+        }
+        Ok(self)
+    }
+
+    fn metrics(&self) -> Option<MetricsSet> {
+        Some(self.metrics.clone_inner())
+    }
+
+    fn execute(&self, partition: usize, context: Arc<TaskContext>) -> Result<SendableRecordBatchStream> {
+        if partition != 0 {
+            return internal_err!("IvfTopKExec has one partition, asked for {partition}");
+        }
+        let run = Run {
+            spec: self.spec.clone(),
+            state: self.state.clone(),
+            context,
+            counts: Counts::new(&self.metrics),
+        };
+        let batches = futures::stream::once(run.rows()).try_flatten();
+        Ok(Box::pin(RecordBatchStreamAdapter::new(self.schema.clone(), batches)))
+    }
+}
+
+/// What EXPLAIN ANALYZE reports.
+struct Counts {
+    allowed_rows: Count,
+    brute_force: Count,
+    nprobe: Count,
+    lists_probed: Count,
+    codes_scanned: Count,
+    gets: Count,
+    bytes_fetched: Count,
+    cache_hits: Count,
+    candidates: Count,
+    rows_reranked: Count,
+}
+
+impl Counts {
+    fn new(metrics: &ExecutionPlanMetricsSet) -> Counts {
+        let c = |name: &'static str| MetricBuilder::new(metrics).global_counter(name);
+        Counts {
+            allowed_rows: c("allowed_rows"),
+            brute_force: c("brute_force"),
+            nprobe: c("nprobe"),
+            lists_probed: c("lists_probed"),
+            codes_scanned: c("codes_scanned"),
+            gets: c("gets"),
+            bytes_fetched: c("bytes_fetched"),
+            cache_hits: c("cache_hits"),
+            candidates: c("candidates"),
+            rows_reranked: c("rows_reranked"),
+        }
+    }
+
+    fn add_search(&self, s: &SearchStats) {
+        self.lists_probed.add(s.lists_probed as usize);
+        self.codes_scanned.add(s.codes_scanned as usize);
+        self.gets.add(s.fetch.gets as usize);
+        self.bytes_fetched.add(s.fetch.bytes as usize);
+        self.cache_hits.add(s.fetch.cache_hits as usize);
+    }
+}
+
+struct Run {
+    spec: TopK,
+    state: SessionState,
+    context: Arc<TaskContext>,
+    counts: Counts,
+}
+
+type Batches = futures::stream::BoxStream<'static, Result<RecordBatch>>;
+
+impl Run {
+    async fn rows(self) -> Result<Batches> {
+        let spec = &self.spec;
+        let allowed = match spec.filters.is_empty() {
+            true => None,
+            false => Some(self.allowed_keys().await?),
+        };
+        if let Some(keys) = &allowed {
+            self.counts.allowed_rows.add(keys.len());
+            let rows = spec.table.index_info().ntotal as f64;
+            if keys.is_empty() {
+                return Ok(futures::stream::empty().boxed());
+            }
+            if keys.len() <= spec.candidates() || keys.len() as f64 <= spec.brute_force_fraction * rows {
+                return self.brute_force().await;
+            }
+        }
+        let Some(ids) = self.search(allowed.as_deref()).await? else {
+            // Fewer than k indexed rows pass: the index cannot be complete for this query.
+            return self.brute_force().await;
+        };
+        self.counts.candidates.add(ids.len());
+        self.rows_with_keys(ids).await
+    }
+
+    /// Candidate ids from the index, probing more lists until at least k are found;
+    /// `None` when even all lists hold fewer than k (allowed) entries.
+    async fn search(&self, allowed: Option<&[i64]>) -> Result<Option<Vec<i64>>> {
+        let spec = &self.spec;
+        let mut index = spec.table.index(spec.cache_bytes).await?;
+        let mut nprobe = spec.nprobe;
+        let mut reopened = false;
+        loop {
+            let result = match allowed {
+                Some(keys) => index.search_among(&spec.query, spec.candidates(), nprobe, keys).await,
+                None => index.search(&spec.query, spec.candidates(), nprobe).await,
+            };
+            let result = match result {
+                Err(e) if registry::is_changed(&e) && !reopened => {
+                    registry::forget(spec.table.location(), &index);
+                    index = spec.table.index(spec.cache_bytes).await?;
+                    reopened = true;
+                    continue;
+                }
+                r => r.map_err(|e| index_error(spec.table.location(), e))?,
+            };
+            self.counts.add_search(&result.stats);
+            let ids: Vec<i64> = result.ids.into_iter().filter(|&id| id >= 0).collect();
+            let nlist = index.info().nlist;
+            if ids.len() >= spec.k || nprobe >= nlist {
+                self.counts.nprobe.add(nprobe.min(nlist));
+                return Ok((ids.len() >= spec.k).then_some(ids));
+            }
+            nprobe = next_nprobe(&index, nprobe);
+        }
+    }
+
+    /// Keys of the rows passing the filters, sorted.
+    async fn allowed_keys(&self) -> Result<Vec<i64>> {
+        let key = self.spec.table.key_index();
+        let mut stream = self.scan(&[key], &self.spec.filters).await?;
+        let mut keys = vec![];
+        while let Some(batch) = stream.next().await {
+            let batch = batch?;
+            let column = batch.column_by_name(&self.spec.table.options().key).expect("key column scanned");
+            let column = cast(column, &DataType::Int64)?;
+            keys.extend(column.as_primitive::<Int64Type>().iter().flatten());
+        }
+        keys.sort_unstable();
+        keys.dedup();
+        Ok(keys)
+    }
+
+    /// Every row passing the filters.
+    async fn brute_force(&self) -> Result<Batches> {
+        self.counts.brute_force.add(1);
+        let stream = self.scan(&self.spec.projection, &self.spec.filters).await?;
+        Ok(self.emit(stream, &self.spec.projection))
+    }
+
+    /// The rows whose key is one of `ids`; key-range pruning of the base table skips the
+    /// row groups (and pages) holding none of them.
+    async fn rows_with_keys(&self, mut ids: Vec<i64>) -> Result<Batches> {
+        ids.sort_unstable();
+        ids.dedup();
+        let key_type = self.spec.table.schema().field(self.spec.table.key_index()).data_type().clone();
+        let list = ids.iter().map(|&id| ScalarValue::Int64(Some(id)).cast_to(&key_type).map(lit)).collect::<Result<_>>()?;
+        let filter = Expr::InList(InList::new(Box::new(col(self.spec.table.options().key.as_str())), list, false));
+        let mut columns = self.spec.projection.clone();
+        if !columns.contains(&self.spec.table.key_index()) {
+            columns.push(self.spec.table.key_index());
+        }
+        let stream = self.scan(&columns, &[filter]).await?;
+        Ok(self.emit(stream, &columns))
+    }
+
+    /// Batches of `stream` (scanned with `columns`) narrowed to the projection, counted.
+    fn emit(&self, stream: SendableRecordBatchStream, columns: &[usize]) -> Batches {
+        let keep: Vec<usize> =
+            self.spec.projection.iter().map(|c| columns.iter().position(|x| x == c).expect("scanned")).collect();
+        let reranked = self.counts.rows_reranked.clone();
+        stream
+            .map(move |batch| {
+                let batch = batch?.project(&keep)?;
+                reranked.add(batch.num_rows());
+                Ok(batch)
+            })
+            .boxed()
+    }
+
+    /// Scans `columns` (plus the filters' columns) of the base table, keeping the rows
+    /// that pass `filters`; output columns are `columns` then any filter-only ones.
+    async fn scan(&self, columns: &[usize], filters: &[Expr]) -> Result<SendableRecordBatchStream> {
+        let table = &self.spec.table;
+        let schema = table.schema();
+        let mut scanned = columns.to_vec();
+        for f in filters {
+            for c in f.column_refs() {
+                let i = schema.index_of(&c.name)?;
+                if !scanned.contains(&i) {
+                    scanned.push(i);
+                }
+            }
+        }
+        let mut plan = table.base().scan(&self.state, Some(&scanned), filters, None).await?;
+        if let Some(predicate) = conjunction(filters.iter().cloned()) {
+            let df_schema = DFSchema::try_from(plan.schema())?;
+            let predicate = self.state.create_physical_expr(predicate, &df_schema)?;
+            plan = Arc::new(FilterExec::try_new(predicate, plan)?);
+        }
+        execute_stream(plan, self.context.clone())
+    }
+}
+
+fn next_nprobe(index: &IvfIndex, nprobe: usize) -> usize {
+    nprobe.saturating_mul(2).min(index.info().nlist)
+}

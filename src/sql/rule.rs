@@ -1,0 +1,199 @@
+//! The rewrite: `Sort(fetch = k)` over a distance to a literal vector, through
+//! projections, filters and aliases down to a vector table's scan, becomes the same plan
+//! with an index scan ([`IvfTopKNode`]) in place of the table scan. Everything above it
+//! stays, so the distance is recomputed exactly and the sort gives the final order.
+
+use std::any::Any;
+use std::sync::Arc;
+
+use datafusion::common::tree_node::{Transformed, TreeNode};
+use datafusion::common::{Column, Result};
+use datafusion::catalog::TableProvider;
+use datafusion::datasource::source_as_provider;
+use datafusion::logical_expr::expr::ScalarFunction;
+use datafusion::logical_expr::utils::split_conjunction_owned;
+use datafusion::logical_expr::{Extension, LogicalPlan, SortExpr, TableScan};
+use datafusion::logical_expr::{Expr, Projection, SubqueryAlias};
+use datafusion::optimizer::{ApplyOrder, OptimizerConfig, OptimizerRule};
+
+use super::config::FaissConfig;
+use super::functions::literal_vector;
+use super::node::{IvfTopKNode, TopK};
+use super::table::VectorTable;
+use crate::Metric;
+
+#[derive(Debug, Default)]
+pub struct IvfTopKRule;
+
+impl OptimizerRule for IvfTopKRule {
+    fn name(&self) -> &str {
+        "faiss_ivf_top_k"
+    }
+
+    fn apply_order(&self) -> Option<ApplyOrder> {
+        Some(ApplyOrder::TopDown)
+    }
+
+    fn supports_rewrite(&self) -> bool {
+        true
+    }
+
+    fn rewrite(&self, plan: LogicalPlan, config: &dyn OptimizerConfig) -> Result<Transformed<LogicalPlan>> {
+        let settings = FaissConfig::from_options(&config.options());
+        if !settings.enabled {
+            return Ok(Transformed::no(plan));
+        }
+        let LogicalPlan::Sort(sort) = &plan else {
+            return Ok(Transformed::no(plan));
+        };
+        let (Some(k), Some(order)) = (sort.fetch, sort.expr.first()) else {
+            return Ok(Transformed::no(plan));
+        };
+        let Some(node) = match_top_k(order, &sort.input, k, &settings)? else {
+            return Ok(Transformed::no(plan));
+        };
+        let input = Arc::unwrap_or_clone(sort.input.clone()).transform_up(|p| {
+            Ok(match p {
+                LogicalPlan::TableScan(_) => {
+                    Transformed::yes(LogicalPlan::Extension(Extension { node: Arc::new(node.clone()) }))
+                }
+                p => Transformed::no(p),
+            })
+        })?;
+        let mut sort = sort.clone();
+        sort.input = Arc::new(input.data);
+        Ok(Transformed::yes(LogicalPlan::Sort(sort)))
+    }
+}
+
+/// The index scan that can replace the scan under `input`, if the ORDER BY is a metric
+/// the index answers and nothing in between changes which rows are the nearest.
+fn match_top_k(order: &SortExpr, input: &LogicalPlan, k: usize, settings: &FaissConfig) -> Result<Option<IvfTopKNode>> {
+    let mut distance = order.expr.clone().unalias_nested().data;
+    let mut filters: Vec<Expr> = vec![];
+    let mut plan = input;
+    let scan = loop {
+        match plan {
+            LogicalPlan::Projection(p) => {
+                distance = through_projection(distance, p)?;
+                filters = filters.into_iter().map(|f| through_projection(f, p)).collect::<Result<_>>()?;
+                plan = &p.input;
+            }
+            LogicalPlan::Filter(f) => {
+                filters.push(f.predicate.clone());
+                plan = &f.input;
+            }
+            LogicalPlan::SubqueryAlias(a) => {
+                distance = through_alias(distance, a)?;
+                filters = filters.into_iter().map(|f| through_alias(f, a)).collect::<Result<_>>()?;
+                plan = &a.input;
+            }
+            LogicalPlan::TableScan(scan) => break scan,
+            _ => return Ok(None),
+        }
+    };
+    let Some(table) = vector_table(scan) else { return Ok(None) };
+    filters.extend(scan.filters.iter().cloned());
+    let mut unique: Vec<Expr> = vec![];
+    for f in filters.into_iter().flat_map(split_conjunction_owned) {
+        let f = unqualify(f)?;
+        if !unique.contains(&f) {
+            unique.push(f);
+        }
+    }
+    let filters = unique;
+    if filters.iter().any(|f| f.is_volatile() || has_subquery(f)) {
+        return Ok(None);
+    }
+    let Expr::ScalarFunction(ScalarFunction { func, args }) = unqualify(distance)? else { return Ok(None) };
+    let Some(mut query) = query_vector(&args, &table.options().vector) else { return Ok(None) };
+    if query.len() != table.index_info().dimension {
+        // The exact plan reports the mismatch.
+        return Ok(None);
+    }
+    let function = func.name().to_string();
+    let matches = match (table.metric(), function.as_str()) {
+        (Metric::L2, "vec_distance" | "l2_distance_squared" | "array_distance") => order.asc,
+        (Metric::InnerProduct, "inner_product") => !order.asc,
+        (Metric::InnerProduct, "cosine_distance") if table.options().normalized => {
+            let norm = query.iter().map(|v| v * v).sum::<f32>().sqrt();
+            query.iter_mut().for_each(|v| *v /= norm);
+            order.asc && norm > 0.0
+        }
+        _ => false,
+    };
+    // Rows with a NULL vector have a NULL distance, which the index cannot return first.
+    let vector_nullable = table.schema().field(table.vector_index()).is_nullable();
+    if !matches || (order.nulls_first && vector_nullable) {
+        return Ok(None);
+    }
+    let projection = scan.projection.clone().unwrap_or_else(|| (0..table.schema().fields().len()).collect());
+    let spec = TopK {
+        table_name: scan.table_name.clone(),
+        projection,
+        filters,
+        query,
+        k,
+        function,
+        nprobe: settings.nprobe.max(1),
+        refine: settings.refine_factor.max(1),
+        brute_force_fraction: settings.brute_force_fraction,
+        cache_bytes: settings.cache_mb as u64 * 1024 * 1024,
+        table,
+    };
+    Ok(Some(IvfTopKNode { spec, schema: scan.projected_schema.clone() }))
+}
+
+fn vector_table(scan: &TableScan) -> Option<Arc<VectorTable>> {
+    let provider: Arc<dyn Any + Send + Sync> = source_as_provider(&scan.source).ok()?;
+    provider.downcast::<VectorTable>().ok()
+}
+
+/// The query vector of `f(vector_column, literal)` (either order).
+fn query_vector(args: &[Expr], column: &str) -> Option<Vec<f32>> {
+    let is_column = |e: &Expr| match e {
+        Expr::Column(c) => c.name == column,
+        Expr::Cast(c) => matches!(c.expr.as_ref(), Expr::Column(c) if c.name == column),
+        _ => false,
+    };
+    match args {
+        [a, Expr::Literal(v, _)] | [Expr::Literal(v, _), a] if is_column(a) => literal_vector(v),
+        _ => None,
+    }
+}
+
+fn through_projection(e: Expr, p: &Projection) -> Result<Expr> {
+    e.transform_up(|x| match x {
+        Expr::Column(c) => {
+            let i = p.schema.index_of_column(&c)?;
+            Ok(Transformed::yes(p.expr[i].clone().unalias()))
+        }
+        x => Ok(Transformed::no(x)),
+    })
+    .map(|t| t.data)
+}
+
+fn through_alias(e: Expr, a: &SubqueryAlias) -> Result<Expr> {
+    e.transform_up(|x| match x {
+        Expr::Column(c) => {
+            let i = a.schema.index_of_column(&c)?;
+            Ok(Transformed::yes(Expr::Column(Column::from(a.input.schema().qualified_field(i)))))
+        }
+        x => Ok(Transformed::no(x)),
+    })
+    .map(|t| t.data)
+}
+
+/// Columns by bare name: the index scan evaluates filters against the base table.
+fn unqualify(e: Expr) -> Result<Expr> {
+    e.transform_up(|x| match x {
+        Expr::Column(c) => Ok(Transformed::yes(Expr::Column(Column::new_unqualified(c.name)))),
+        x => Ok(Transformed::no(x)),
+    })
+    .map(|t| t.data)
+}
+
+fn has_subquery(e: &Expr) -> bool {
+    e.exists(|x| Ok(matches!(x, Expr::ScalarSubquery(_) | Expr::Exists(_) | Expr::InSubquery(_) | Expr::SetComparison(_))))
+        .unwrap_or(true)
+}

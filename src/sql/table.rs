@@ -1,0 +1,172 @@
+//! The vector table: a base table plus the FAISS index of one of its vector columns.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use datafusion::arrow::datatypes::{DataType, SchemaRef};
+use datafusion::catalog::{Session, TableProvider};
+use datafusion::common::{plan_err, Constraints, DataFusionError, Result, Statistics};
+use datafusion::logical_expr::{Expr, TableProviderFilterPushDown, TableType};
+use datafusion::physical_plan::ExecutionPlan;
+
+use super::config::FaissConfig;
+use super::registry::{self, IndexLocation};
+use crate::{IndexInfo, IvfIndex, Metric};
+
+/// How a base table's rows map to an index.
+#[derive(Debug, Clone)]
+pub struct VectorTableOptions {
+    /// URL (or local path) of the FAISS index file.
+    pub index: String,
+    /// Integer column holding the ids the index was built with.
+    pub key: String,
+    /// Column of vectors (`FixedSizeList` or `List` of Float32) the index was built from.
+    pub vector: String,
+    /// The indexed vectors have unit length, so an inner-product index also serves
+    /// `cosine_distance`.
+    pub normalized: bool,
+}
+
+/// A table whose SQL behaves exactly like its base table's; the top-k rewrite turns
+/// `ORDER BY <distance>(vector, [...]) LIMIT k` on it into an index scan.
+#[derive(Debug)]
+pub struct VectorTable {
+    base: Arc<dyn TableProvider>,
+    options: VectorTableOptions,
+    location: IndexLocation,
+    key: usize,
+    vector: usize,
+    info: IndexInfo,
+}
+
+impl VectorTable {
+    /// Checks that `options` fit `base` and opens the index (header only) through the
+    /// object store `session` has registered for its URL.
+    pub async fn try_new(
+        session: &dyn Session,
+        base: Arc<dyn TableProvider>,
+        options: VectorTableOptions,
+    ) -> Result<VectorTable> {
+        let schema = base.schema();
+        let column = |name: &str, role: &str| {
+            schema.index_of(name).map_err(|_| {
+                let names: Vec<_> = schema.fields().iter().map(|f| f.name().as_str()).collect();
+                DataFusionError::Plan(format!("{role} column '{name}' is not in the table (columns: {})", names.join(", ")))
+            })
+        };
+        let key = column(&options.key, "key")?;
+        let vector = column(&options.vector, "vector")?;
+        let key_type = schema.field(key).data_type();
+        if !key_type.is_integer() || *key_type == DataType::UInt64 {
+            return plan_err!("key column '{}' must be an integer column of FAISS ids, got {key_type}", options.key);
+        }
+        let location = IndexLocation::resolve(&options.index, session.runtime_env())?;
+        let cache = FaissConfig::from_options(session.config_options()).cache_mb as u64 * 1024 * 1024;
+        let index = registry::open(&location, cache).await.map_err(|e| index_error(&location, e))?;
+        let info = index.info().clone();
+        match schema.field(vector).data_type() {
+            DataType::FixedSizeList(item, d) if item.data_type() == &DataType::Float32 => {
+                if *d as usize != info.dimension {
+                    return plan_err!(
+                        "vector column '{}' has dimension {d} but index {} has dimension {}",
+                        options.vector,
+                        location.as_str(),
+                        info.dimension
+                    );
+                }
+            }
+            DataType::List(item) | DataType::LargeList(item) if item.data_type() == &DataType::Float32 => {}
+            other => {
+                return plan_err!("vector column '{}' must be a list of Float32, got {other}", options.vector)
+            }
+        }
+        Ok(VectorTable { base, options, location, key, vector, info })
+    }
+
+    pub fn base(&self) -> &Arc<dyn TableProvider> {
+        &self.base
+    }
+
+    pub fn options(&self) -> &VectorTableOptions {
+        &self.options
+    }
+
+    /// What the index header said when the table was created.
+    pub fn index_info(&self) -> &IndexInfo {
+        &self.info
+    }
+
+    pub(crate) fn metric(&self) -> Metric {
+        self.info.metric
+    }
+
+    pub(crate) fn location(&self) -> &IndexLocation {
+        &self.location
+    }
+
+    /// Position of the key column in the base schema.
+    pub(crate) fn key_index(&self) -> usize {
+        self.key
+    }
+
+    /// Position of the vector column in the base schema.
+    pub(crate) fn vector_index(&self) -> usize {
+        self.vector
+    }
+
+    /// The shared open index, reopened when the object was replaced since (then checked
+    /// again against the table).
+    pub(crate) async fn index(&self, cache_bytes: u64) -> Result<Arc<IvfIndex>> {
+        let index = registry::open(&self.location, cache_bytes).await.map_err(|e| index_error(&self.location, e))?;
+        let now = index.info();
+        if now.dimension != self.info.dimension || now.metric != self.info.metric {
+            return plan_err!(
+                "index {} was replaced by one of dimension {} / {:?} (the table was created with {} / {:?}): recreate the table",
+                self.location.as_str(),
+                now.dimension,
+                now.metric,
+                self.info.dimension,
+                self.info.metric
+            );
+        }
+        Ok(index)
+    }
+}
+
+/// An index error as a DataFusion error that names the index URL.
+pub(crate) fn index_error(at: &IndexLocation, e: crate::Error) -> DataFusionError {
+    DataFusionError::External(format!("FAISS index {}: {e}", at.as_str()).into())
+}
+
+#[async_trait]
+impl TableProvider for VectorTable {
+    fn schema(&self) -> SchemaRef {
+        self.base.schema()
+    }
+
+    fn constraints(&self) -> Option<&Constraints> {
+        self.base.constraints()
+    }
+
+    fn table_type(&self) -> TableType {
+        self.base.table_type()
+    }
+
+    async fn scan(
+        &self,
+        state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        filters: &[Expr],
+        limit: Option<usize>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        self.base.scan(state, projection, filters, limit).await
+    }
+
+    fn supports_filters_pushdown(&self, filters: &[&Expr]) -> Result<Vec<TableProviderFilterPushDown>> {
+        self.base.supports_filters_pushdown(filters)
+    }
+
+    fn statistics(&self) -> Option<Statistics> {
+        self.base.statistics()
+    }
+}
