@@ -27,6 +27,12 @@ pub struct DemoArgs {
     queries: usize,
     #[arg(long, default_value_t = 10)]
     k: usize,
+    /// Queries of the SQL comparison (index plan vs exact plan); 0 skips it.
+    #[arg(long, default_value_t = 20)]
+    sql_queries: usize,
+    /// The Parquet table of the SQL comparison (written on first use).
+    #[arg(long, default_value = ".work/demo/fashion-mnist.parquet")]
+    table: String,
 }
 
 pub async fn run(args: DemoArgs) -> CliResult {
@@ -135,6 +141,17 @@ pub async fn run(args: DemoArgs) -> CliResult {
         warm.percentile(0.99),
         faiss_time.as_secs_f64() * 1e3 / nq as f64
     );
+
+    if args.sql_queries > 0 {
+        let table = FsPath::new(&args.table);
+        if let Some(dir) = table.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let labels = read_labels(&FsPath::new(DATASET).join("train-labels-idx1-ubyte.gz"), n)?;
+        super::sql::write_parquet(table, &base, &labels, d)?;
+        let nq = args.sql_queries.min(test.len() / d);
+        super::sql::compare(table, &args.index, &at, &test[..nq * d], d, args.k, args.nprobe).await?;
+    }
     Ok(())
 }
 
@@ -172,6 +189,17 @@ fn read_idx(file: &FsPath) -> CliResult<(Vec<f32>, usize)> {
         return Err(format!("{}: expected {} bytes, found {}", file.display(), 16 + n * d, data.len()).into());
     }
     Ok((data[16..].iter().map(|&b| b as f32).collect(), d))
+}
+
+/// Reads an IDX label file (gzip) of `n` labels.
+fn read_labels(file: &FsPath, n: usize) -> CliResult<Vec<u8>> {
+    let raw = std::fs::File::open(file).map_err(|e| format!("{}: {e}", file.display()))?;
+    let mut data = Vec::new();
+    flate2::read::GzDecoder::new(raw).read_to_end(&mut data).map_err(|e| format!("{}: {e}", file.display()))?;
+    if data.len() != 8 + n || data[..4] != [0, 0, 8, 1] {
+        return Err(format!("{}: not an IDX label file of {n} labels", file.display()).into());
+    }
+    Ok(data.split_off(8))
 }
 
 /// Exact k nearest neighbours by L2, over all base vectors (two threads).

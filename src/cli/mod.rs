@@ -2,6 +2,7 @@
 
 pub mod demo;
 pub mod inspect;
+mod sql;
 
 use std::path::PathBuf;
 use std::sync::Arc;
