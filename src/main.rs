@@ -17,6 +17,8 @@ enum Command {
     Demo(cli::demo::DemoArgs),
     /// Describe an index file, reading only its header.
     Inspect(cli::inspect::InspectArgs),
+    /// Run SQL with the extension registered.
+    Sql(cli::query::SqlArgs),
 }
 
 #[tokio::main]
@@ -25,6 +27,7 @@ async fn main() {
     let result = match args.command {
         Command::Demo(a) => cli::demo::run(a).await,
         Command::Inspect(a) => cli::inspect::run(a).await,
+        Command::Sql(a) => cli::query::run(a).await,
     };
     if let Err(e) = result {
         eprintln!("error: {e}");

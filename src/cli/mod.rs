@@ -2,6 +2,7 @@
 
 pub mod demo;
 pub mod inspect;
+pub mod query;
 mod sql;
 
 use std::path::PathBuf;

@@ -5,7 +5,7 @@ use std::path::Path as FsPath;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use datafusion::arrow::array::{AsArray, FixedSizeListArray, Float32Array, Int64Array, RecordBatch};
+use datafusion::arrow::array::{Array, AsArray, FixedSizeListArray, Float32Array, Int64Array, RecordBatch};
 use datafusion::arrow::datatypes::{DataType, Field, Int64Type, Schema};
 use datafusion::execution::object_store::ObjectStoreUrl;
 use datafusion::parquet::arrow::ArrowWriter;
@@ -87,6 +87,14 @@ pub async fn compare(
                 plan.times.push(t.elapsed());
                 plan.ids.extend(batches.iter().flat_map(|b| b.column(0).as_primitive::<Int64Type>().values().to_vec()));
             }
+        }
+        let q: Vec<String> = queries[..d].iter().map(|v| v.to_string()).collect();
+        let sql = format!("SELECT id FROM fmnist {filter} ORDER BY vec_distance(embedding, [{}]) LIMIT {k}", q.join(","));
+        ctx.sql("SET faiss.enabled = true").await?;
+        let plan = ctx.sql(&format!("EXPLAIN ANALYZE {sql}")).await?.collect().await?;
+        let plan = datafusion::arrow::util::pretty::pretty_format_batches(&plan)?.to_string();
+        if let Some(metrics) = plan.lines().find(|l| l.contains("IvfTopKExec")).and_then(|l| l.split("metrics=").nth(1)) {
+            println!("sql         EXPLAIN ANALYZE, first query: IvfTopKExec {}", metrics.trim_end_matches([' ', '|']));
         }
         let hits = indexed.ids.chunks(k).zip(exact.ids.chunks(k));
         let hits: usize = hits.map(|(f, e)| f.iter().filter(|id| e.contains(id)).count()).sum();

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use datafusion::arrow::array::{AsArray, RecordBatch};
-use datafusion::arrow::compute::cast;
+use datafusion::arrow::compute::{cast, filter_record_batch};
 use datafusion::arrow::datatypes::{DataType, Int64Type, SchemaRef};
 use datafusion::catalog::{Session, TableProvider};
 use datafusion::common::tree_node::TreeNodeRecursion;
@@ -27,6 +27,8 @@ use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{
     execute_stream, DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties,
 };
+use datafusion::physical_optimizer::filter_pushdown::FilterPushdown;
+use datafusion::physical_optimizer::PhysicalOptimizerRule;
 use datafusion::physical_planner::{DefaultPhysicalPlanner, ExtensionPlanner, PhysicalPlanner};
 use futures::{StreamExt, TryStreamExt};
 
@@ -167,6 +169,7 @@ struct Counts {
     bytes_fetched: Count,
     cache_hits: Count,
     candidates: Count,
+    base_rows_read: Count,
     rows_reranked: Count,
 }
 
@@ -183,6 +186,7 @@ impl Counts {
             bytes_fetched: c("bytes_fetched"),
             cache_hits: c("cache_hits"),
             candidates: c("candidates"),
+            base_rows_read: c("base_rows_read"),
             rows_reranked: c("rows_reranked"),
         }
     }
@@ -222,6 +226,10 @@ impl Run {
                 return self.brute_force().await;
             }
         }
+        if spec.candidates() as u64 >= spec.table.index_info().ntotal {
+            // The index would return every row anyway.
+            return self.brute_force().await;
+        }
         let Some(ids) = self.search(allowed.as_deref()).await? else {
             // Fewer than k indexed rows pass: the index cannot be complete for this query.
             return self.brute_force().await;
@@ -235,7 +243,16 @@ impl Run {
     async fn search(&self, allowed: Option<&[i64]>) -> Result<Option<Vec<i64>>> {
         let spec = &self.spec;
         let mut index = spec.table.index(spec.cache_bytes).await?;
-        let mut nprobe = spec.nprobe;
+        // With a filter, probe as many more lists as the filter is selective, so about as
+        // many allowed vectors are compared as an unfiltered search compares.
+        let mut nprobe = match allowed {
+            Some(keys) => {
+                let fraction = keys.len() as f64 / index.info().ntotal.max(1) as f64;
+                (spec.nprobe as f64 / fraction.min(1.0)).ceil() as usize
+            }
+            None => spec.nprobe,
+        }
+        .clamp(1, index.info().nlist);
         let mut reopened = false;
         loop {
             let result = match allowed {
@@ -265,7 +282,7 @@ impl Run {
     /// Keys of the rows passing the filters, sorted.
     async fn allowed_keys(&self) -> Result<Vec<i64>> {
         let key = self.spec.table.key_index();
-        let mut stream = self.scan(&[key], &self.spec.filters).await?;
+        let mut stream = self.scan(&[key], &self.spec.filters, &self.spec.filters).await?;
         let mut keys = vec![];
         while let Some(batch) = stream.next().await {
             let batch = batch?;
@@ -281,7 +298,7 @@ impl Run {
     /// Every row passing the filters.
     async fn brute_force(&self) -> Result<Batches> {
         self.counts.brute_force.add(1);
-        let stream = self.scan(&self.spec.projection, &self.spec.filters).await?;
+        let stream = self.scan(&self.spec.projection, &self.spec.filters, &self.spec.filters).await?;
         Ok(self.emit(stream, &self.spec.projection))
     }
 
@@ -291,13 +308,16 @@ impl Run {
         ids.sort_unstable();
         ids.dedup();
         let key_type = self.spec.table.schema().field(self.spec.table.key_index()).data_type().clone();
-        let list = ids.iter().map(|&id| ScalarValue::Int64(Some(id)).cast_to(&key_type).map(lit)).collect::<Result<_>>()?;
-        let filter = Expr::InList(InList::new(Box::new(col(self.spec.table.options().key.as_str())), list, false));
+        let list: Vec<Expr> =
+            ids.iter().map(|&id| ScalarValue::Int64(Some(id)).cast_to(&key_type).map(lit)).collect::<Result<_>>()?;
+        let key = col(self.spec.table.options().key.as_str());
+        let prune = any_equal(&key, &list);
+        let filter = Expr::InList(InList::new(Box::new(key), list, false));
         let mut columns = self.spec.projection.clone();
         if !columns.contains(&self.spec.table.key_index()) {
             columns.push(self.spec.table.key_index());
         }
-        let stream = self.scan(&columns, &[filter]).await?;
+        let stream = self.scan(&columns, &[filter], &[prune]).await?;
         Ok(self.emit(stream, &columns))
     }
 
@@ -317,7 +337,8 @@ impl Run {
 
     /// Scans `columns` (plus the filters' columns) of the base table, keeping the rows
     /// that pass `filters`; output columns are `columns` then any filter-only ones.
-    async fn scan(&self, columns: &[usize], filters: &[Expr]) -> Result<SendableRecordBatchStream> {
+    /// `prune` goes to the base table for skipping files, row groups and pages.
+    async fn scan(&self, columns: &[usize], filters: &[Expr], prune: &[Expr]) -> Result<SendableRecordBatchStream> {
         let table = &self.spec.table;
         let schema = table.schema();
         let mut scanned = columns.to_vec();
@@ -329,13 +350,50 @@ impl Run {
                 }
             }
         }
-        let mut plan = table.base().scan(&self.state, Some(&scanned), filters, None).await?;
-        if let Some(predicate) = conjunction(filters.iter().cloned()) {
-            let df_schema = DFSchema::try_from(plan.schema())?;
-            let predicate = self.state.create_physical_expr(predicate, &df_schema)?;
-            plan = Arc::new(FilterExec::try_new(predicate, plan)?);
+        let mut plan = table.base().scan(&self.state, Some(&scanned), prune, None).await?;
+        // Planned at run time, this scan misses the physical optimizer that hands filters
+        // to the data source: do that step here so its statistics skip what they can.
+        if let Some(prune) = conjunction(prune.iter().cloned()) {
+            let prune = self.state.create_physical_expr(prune, &DFSchema::try_from(plan.schema())?)?;
+            let filtered: Arc<dyn ExecutionPlan> = Arc::new(FilterExec::try_new(prune, plan.clone())?);
+            let pushed = FilterPushdown::new().optimize(filtered, self.state.config_options())?;
+            // The exact predicate is applied below, after counting the rows read.
+            plan = match pushed.downcast_ref::<FilterExec>() {
+                Some(filter) => filter.input().clone(),
+                None => pushed,
+            };
         }
-        execute_stream(plan, self.context.clone())
+        let predicate = match conjunction(filters.iter().cloned()) {
+            Some(p) => Some(self.state.create_physical_expr(p, &DFSchema::try_from(plan.schema())?)?),
+            None => None,
+        };
+        let out_schema = plan.schema();
+        let read = self.counts.base_rows_read.clone();
+        let stream = execute_stream(plan, self.context.clone())?.map(move |batch| {
+            let batch = batch?;
+            read.add(batch.num_rows());
+            match &predicate {
+                None => Ok(batch),
+                Some(p) => {
+                    let keep = p.evaluate(&batch)?.into_array(batch.num_rows())?;
+                    Ok(filter_record_batch(&batch, keep.as_boolean())?)
+                }
+            }
+        });
+        Ok(Box::pin(RecordBatchStreamAdapter::new(out_schema, stream)))
+    }
+}
+
+/// `key = a OR key = b OR ...` as a balanced tree: statistics pruning understands it at
+/// any length (an `IN` list is used for pruning only up to `max_in_list_size` values).
+fn any_equal(key: &Expr, values: &[Expr]) -> Expr {
+    match values {
+        [] => lit(false),
+        [v] => key.clone().eq(v.clone()),
+        _ => {
+            let (a, b) = values.split_at(values.len() / 2);
+            any_equal(key, a).or(any_equal(key, b))
+        }
     }
 }
 

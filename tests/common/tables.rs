@@ -10,11 +10,11 @@ use datafusion::arrow::buffer::OffsetBuffer;
 use datafusion::arrow::datatypes::{DataType, Field, Schema};
 use datafusion::parquet::arrow::ArrowWriter;
 use datafusion::parquet::file::properties::WriterProperties;
-use datafusion_faiss::{IvfIndexBuilder, Metric};
+use datafusion_faiss::Metric;
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 
-use super::clustered;
+use super::{clustered, ids};
 
 pub struct Docs {
     pub n: usize,
@@ -44,7 +44,7 @@ impl Docs {
     }
 
     pub fn keys(&self) -> Vec<i64> {
-        (0..self.n as i64).map(|i| 3 * i + 11).collect()
+        ids(self.n)
     }
 
     pub fn parquet(&self) -> Vec<u8> {
@@ -77,7 +77,12 @@ impl Docs {
             ],
         )
         .unwrap();
-        let props = WriterProperties::builder().set_max_row_group_row_count(Some(self.rows_per_group)).build();
+        // Small pages, as the README advises, so key lookups skip most of the table.
+        let props = WriterProperties::builder()
+            .set_max_row_group_row_count(Some(self.rows_per_group))
+            .set_data_page_row_count_limit(64)
+            .set_write_batch_size(64)
+            .build();
         let mut out = Vec::new();
         let mut writer = ArrowWriter::try_new(&mut out, schema, Some(props)).unwrap();
         writer.write(&batch).unwrap();
@@ -87,19 +92,8 @@ impl Docs {
 
     /// The index bytes, built with `factory` over the table's vectors and keys.
     pub async fn index(&self, factory: &str, metric: Metric) -> Vec<u8> {
-        let (x, keys, d, factory) = (self.vectors(), self.keys(), self.d, factory.to_string());
-        let store: Arc<dyn ObjectStore> = Arc::new(object_store::memory::InMemory::new());
-        let path = Path::from("index.faiss");
-        let builder = tokio::task::spawn_blocking(move || {
-            let mut b = IvfIndexBuilder::new(d, &factory, metric).unwrap().threads(2);
-            b.train(&x).unwrap();
-            b.add(&x, &keys).unwrap();
-            b
-        })
-        .await
-        .unwrap();
-        builder.write(store.clone(), &path).await.unwrap();
-        store.get(&path).await.unwrap().bytes().await.unwrap().to_vec()
+        // The builders' ids (3i + 11) are the table's keys.
+        super::build_ours(&self.vectors(), self.d, factory, metric).await
     }
 
     /// Writes `{name}.parquet` and `{name}.faiss` under `prefix` of `store`.
