@@ -22,7 +22,7 @@ use datafusion::logical_expr::{col, lit, Expr, LogicalPlan, UserDefinedLogicalNo
 use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
 use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
 use datafusion::physical_plan::filter::FilterExec;
-use datafusion::physical_plan::metrics::{Count, ExecutionPlanMetricsSet, MetricBuilder, MetricsSet};
+use datafusion::physical_plan::metrics::{Count, Time, ExecutionPlanMetricsSet, MetricBuilder, MetricsSet};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{
     execute_stream, DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties,
@@ -171,6 +171,8 @@ struct Counts {
     candidates: Count,
     base_rows_read: Count,
     rows_reranked: Count,
+    filter_time: Time,
+    search_time: Time,
 }
 
 impl Counts {
@@ -187,6 +189,8 @@ impl Counts {
             cache_hits: c("cache_hits"),
             candidates: c("candidates"),
             base_rows_read: c("base_rows_read"),
+            filter_time: MetricBuilder::new(metrics).subset_time("filter_time", 0),
+            search_time: MetricBuilder::new(metrics).subset_time("search_time", 0),
             rows_reranked: c("rows_reranked"),
         }
     }
@@ -214,7 +218,12 @@ impl Run {
         let spec = &self.spec;
         let allowed = match spec.filters.is_empty() {
             true => None,
-            false => Some(self.allowed_keys().await?),
+            false => {
+                let start = std::time::Instant::now();
+                let keys = self.allowed_keys().await?;
+                self.counts.filter_time.add_elapsed(start);
+                Some(keys)
+            }
         };
         if let Some(keys) = &allowed {
             self.counts.allowed_rows.add(keys.len());
@@ -230,7 +239,10 @@ impl Run {
             // The index would return every row anyway.
             return self.brute_force().await;
         }
-        let Some(ids) = self.search(allowed.as_deref()).await? else {
+        let start = std::time::Instant::now();
+        let found = self.search(allowed.as_deref()).await?;
+        self.counts.search_time.add_elapsed(start);
+        let Some(ids) = found else {
             // Fewer than k indexed rows pass: the index cannot be complete for this query.
             return self.brute_force().await;
         };
