@@ -59,6 +59,18 @@ async fn create(ctx: &SessionContext, name: &str, table: &str, index: &str) {
     ctx.sql(&sql).await.unwrap();
 }
 
+/// `docs` and its index on the S3 test server under a fresh prefix, registered as table
+/// `docs` on a new context: (context, store, prefix).
+async fn s3_docs(docs: &Docs, factory: &str) -> (SessionContext, Arc<dyn ObjectStore>, String) {
+    let store = s3_store();
+    let prefix = unique_path("sql").to_string();
+    docs.write(store.as_ref(), &prefix, "docs", factory, Metric::L2).await;
+    let base = format!("s3://{}/{prefix}", s3_bucket());
+    let ctx = context(store.clone(), &format!("s3://{}", s3_bucket()));
+    create(&ctx, "docs", &format!("{base}/docs.parquet"), &format!("{base}/docs.faiss")).await;
+    (ctx, store, prefix)
+}
+
 /// Index plan and exact plan agree for `queries` queries (nprobe = nlist: IVF is exact).
 async fn check_against_exact(ctx: &SessionContext, table: &str, filter: &str, queries: usize) {
     for i in 0..queries {
@@ -75,15 +87,9 @@ async fn check_against_exact(ctx: &SessionContext, table: &str, filter: &str, qu
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn s3_tables_match_the_exact_plan_and_share_one_open_index() {
-    let store = s3_store();
-    let prefix = unique_path("sql").to_string();
     let docs = Docs::new(20_000, D, 41);
-    docs.write(store.as_ref(), &prefix, "docs", "IVF32,Flat", Metric::L2).await;
-    let bucket = s3_bucket();
-    let base = format!("s3://{bucket}/{prefix}");
-    let ctx = context(store, &format!("s3://{bucket}"));
+    let (ctx, _, prefix) = s3_docs(&docs, "IVF32,Flat").await;
     ctx.sql("SET faiss.nprobe = 32").await.unwrap();
-    create(&ctx, "docs", &format!("{base}/docs.parquet"), &format!("{base}/docs.faiss")).await;
 
     check_against_exact(&ctx, "docs", "", 5).await;
     check_against_exact(&ctx, "docs", "WHERE bucket < 100", 3).await;
@@ -91,6 +97,7 @@ async fn s3_tables_match_the_exact_plan_and_share_one_open_index() {
     check_against_exact(&ctx, "docs", "WHERE bucket < 1", 3).await;
 
     // A second table on the same index object shares the open index and its cache.
+    let base = format!("s3://{}/{prefix}", s3_bucket());
     create(&ctx, "again", &format!("{base}/docs.parquet"), &format!("{base}/docs.faiss")).await;
     let sql = |t: &str| format!("SELECT id FROM {t} ORDER BY vec_distance(embedding, {}) LIMIT 10", query(0));
     assert_eq!(metric(&ctx, &sql("again"), "gets").await, 0, "lists cached by the first table's queries");
@@ -119,14 +126,8 @@ async fn s3_tables_match_the_exact_plan_and_share_one_open_index() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replaced_index_object_is_reopened_not_mixed() {
-    let store = s3_store();
-    let prefix = unique_path("sql-replaced").to_string();
     let docs = Docs::new(5_000, D, 42);
-    docs.write(store.as_ref(), &prefix, "docs", "IVF16,Flat", Metric::L2).await;
-    let bucket = s3_bucket();
-    let base = format!("s3://{bucket}/{prefix}");
-    let ctx = context(store.clone(), &format!("s3://{bucket}"));
-    create(&ctx, "docs", &format!("{base}/docs.parquet"), &format!("{base}/docs.faiss")).await;
+    let (ctx, store, prefix) = s3_docs(&docs, "IVF16,Flat").await;
     check_against_exact(&ctx, "docs", "", 2).await;
 
     // Same rows, a differently trained index (another nlist): a cached header of the old

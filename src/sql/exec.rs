@@ -35,7 +35,7 @@ use futures::{StreamExt, TryStreamExt};
 use super::node::{IvfTopKNode, TopK};
 use super::registry;
 use super::table::index_error;
-use crate::{IvfIndex, SearchStats};
+use crate::SearchStats;
 
 /// Physical planning with the index scan added to DataFusion's own planner.
 #[derive(Debug, Default)]
@@ -287,7 +287,7 @@ impl Run {
                 self.counts.nprobe.add(nprobe.min(nlist));
                 return Ok((ids.len() >= spec.k).then_some(ids));
             }
-            nprobe = next_nprobe(&index, nprobe);
+            nprobe = nprobe.saturating_mul(2).min(nlist);
         }
     }
 
@@ -407,8 +407,4 @@ fn any_equal(key: &Expr, values: &[Expr]) -> Expr {
             any_equal(key, a).or(any_equal(key, b))
         }
     }
-}
-
-fn next_nprobe(index: &IvfIndex, nprobe: usize) -> usize {
-    nprobe.saturating_mul(2).min(index.info().nlist)
 }
