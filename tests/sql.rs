@@ -139,6 +139,23 @@ async fn replaced_index_object_is_reopened_not_mixed() {
     check_against_exact(&ctx, "docs", "", 2).await;
 }
 
+#[tokio::test]
+async fn register_all_keeps_the_context_and_is_idempotent() {
+    let ctx = SessionContext::new();
+    ctx.sql("CREATE TABLE kept (x BIGINT) AS VALUES (1), (2)").await.unwrap();
+    ctx.sql("SET datafusion.execution.batch_size = 123").await.unwrap();
+    datafusion_faiss::sql::register_all(&ctx);
+    ctx.sql("SET faiss.nprobe = 7").await.unwrap();
+    datafusion_faiss::sql::register_all(&ctx);
+    assert_eq!(ids(&ctx, "SELECT x FROM kept ORDER BY x").await, [1, 2]);
+    let state = ctx.state();
+    assert_eq!(state.config_options().execution.batch_size.to_string(), "123");
+    assert_eq!(state.config_options().extensions.get::<datafusion_faiss::sql::FaissConfig>().unwrap().nprobe, 7);
+    assert_eq!(state.optimizers().iter().filter(|r| r.name() == "faiss_ivf_top_k").count(), 1);
+    assert!(state.scalar_functions().contains_key("array_distance"), "DataFusion's functions stay");
+    assert!(state.scalar_functions().contains_key("vec_distance"));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn local_parquet_and_memory_mapped_index() {
     let dir = tempfile::tempdir().unwrap();

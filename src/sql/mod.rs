@@ -13,6 +13,7 @@ mod table;
 use std::sync::Arc;
 
 use datafusion::execution::session_state::SessionStateBuilder;
+use datafusion::optimizer::OptimizerRule;
 use datafusion::prelude::SessionContext;
 
 pub use config::FaissConfig;
@@ -23,6 +24,7 @@ pub use table::{VectorTable, VectorTableOptions};
 /// Registers everything on `ctx`, keeping its catalogs, functions and settings: the
 /// distance functions, `faiss.*` settings, `STORED AS FAISS`, the top-k rewrite and the
 /// planner of its index scan (this replaces a custom query planner, if `ctx` had one).
+/// Calling it again changes nothing.
 /// `inner_product` and `cosine_distance` replace DataFusion's functions of those names
 /// (same results, Float32 vectors read without conversion to Float64 lists).
 pub fn register_all(ctx: &SessionContext) {
@@ -31,10 +33,12 @@ pub fn register_all(ctx: &SessionContext) {
     }
     let state = ctx.state_ref();
     let mut state = state.write();
-    let mut next = SessionStateBuilder::new_from_existing(state.clone())
-        .with_query_planner(Arc::new(exec::FaissQueryPlanner))
-        .with_optimizer_rule(Arc::new(rule::IvfTopKRule))
-        .build();
+    let mut next = SessionStateBuilder::new_from_existing(state.clone()).with_query_planner(Arc::new(exec::FaissQueryPlanner));
+    let rule = rule::IvfTopKRule;
+    if !state.optimizers().iter().any(|r| r.name() == rule.name()) {
+        next = next.with_optimizer_rule(Arc::new(rule));
+    }
+    let mut next = next.build();
     next.table_factories_mut().insert("FAISS".into(), Arc::new(FaissTableFactory));
     if next.config().options().extensions.get::<FaissConfig>().is_none() {
         next.config_mut().options_mut().extensions.insert(FaissConfig::default());
