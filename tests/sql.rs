@@ -74,7 +74,8 @@ async fn s3_docs(docs: &Docs, factory: &str) -> (SessionContext, Arc<dyn ObjectS
 /// Index plan and exact plan agree for `queries` queries (nprobe = nlist: IVF is exact).
 async fn check_against_exact(ctx: &SessionContext, table: &str, filter: &str, queries: usize) {
     for i in 0..queries {
-        let sql = format!("SELECT id FROM {table} {filter} ORDER BY vec_distance(embedding, {}), id LIMIT 10", query(i));
+        let sql =
+            format!("SELECT id FROM {table} {filter} ORDER BY vec_distance(embedding, {}), id LIMIT 10", query(i));
         ctx.sql("SET faiss.enabled = true").await.unwrap();
         let indexed = ids(ctx, &sql).await;
         ctx.sql("SET faiss.enabled = false").await.unwrap();
@@ -108,7 +109,8 @@ async fn s3_tables_match_the_exact_plan_and_share_one_open_index() {
         .map(|i| {
             let ctx = ctx.clone();
             tokio::spawn(async move {
-                let sql = format!("SELECT id FROM docs ORDER BY vec_distance(embedding, {}), id LIMIT 10", query(i % 5));
+                let sql =
+                    format!("SELECT id FROM docs ORDER BY vec_distance(embedding, {}), id LIMIT 10", query(i % 5));
                 ids(&ctx, &sql).await
             })
         })

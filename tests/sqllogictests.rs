@@ -15,8 +15,8 @@ use datafusion::prelude::{SessionConfig, SessionContext};
 use datafusion_faiss::Metric;
 use object_store::memory::InMemory;
 use object_store::ObjectStore;
-use std::sync::Arc;
 use sqllogictest::{AsyncDB, DBOutput, DefaultColumnType, Runner};
+use std::sync::Arc;
 
 struct Db {
     ctx: SessionContext,

@@ -79,7 +79,8 @@ pub async fn compare(
         let (mut indexed, mut exact) = (Plan::default(), Plan::default());
         for q in queries.chunks(d) {
             let q: Vec<String> = q.iter().map(|v| v.to_string()).collect();
-            let sql = format!("SELECT id FROM fmnist {filter} ORDER BY vec_distance(embedding, [{}]) LIMIT {k}", q.join(","));
+            let sql =
+                format!("SELECT id FROM fmnist {filter} ORDER BY vec_distance(embedding, [{}]) LIMIT {k}", q.join(","));
             for (plan, enabled) in [(&mut indexed, true), (&mut exact, false)] {
                 ctx.sql(&format!("SET faiss.enabled = {enabled}")).await?;
                 let t = Instant::now();
@@ -89,11 +90,13 @@ pub async fn compare(
             }
         }
         let q: Vec<String> = queries[..d].iter().map(|v| v.to_string()).collect();
-        let sql = format!("SELECT id FROM fmnist {filter} ORDER BY vec_distance(embedding, [{}]) LIMIT {k}", q.join(","));
+        let sql =
+            format!("SELECT id FROM fmnist {filter} ORDER BY vec_distance(embedding, [{}]) LIMIT {k}", q.join(","));
         ctx.sql("SET faiss.enabled = true").await?;
         let plan = ctx.sql(&format!("EXPLAIN ANALYZE {sql}")).await?.collect().await?;
         let plan = datafusion::arrow::util::pretty::pretty_format_batches(&plan)?.to_string();
-        if let Some(metrics) = plan.lines().find(|l| l.contains("IvfTopKExec")).and_then(|l| l.split("metrics=").nth(1)) {
+        if let Some(metrics) = plan.lines().find(|l| l.contains("IvfTopKExec")).and_then(|l| l.split("metrics=").nth(1))
+        {
             println!("sql         EXPLAIN ANALYZE, first query: IvfTopKExec {}", metrics.trim_end_matches([' ', '|']));
         }
         let hits = indexed.ids.chunks(k).zip(exact.ids.chunks(k));

@@ -236,7 +236,13 @@ impl IvfIndex {
     /// Like [`search`](Self::search), but only entries whose id is in `allowed` are
     /// candidates (FAISS's `IDSelector`, applied while the lists are scanned): each query
     /// gets the `k` nearest allowed vectors among the probed lists.
-    pub async fn search_among(&self, queries: &[f32], k: usize, nprobe: usize, allowed: &[i64]) -> Result<SearchResult> {
+    pub async fn search_among(
+        &self,
+        queries: &[f32],
+        k: usize,
+        nprobe: usize,
+        allowed: &[i64],
+    ) -> Result<SearchResult> {
         let mut allowed = allowed.to_vec();
         allowed.sort_unstable();
         allowed.dedup();

@@ -20,15 +20,15 @@ use datafusion::logical_expr::physical_planning_context::PhysicalPlanningContext
 use datafusion::logical_expr::utils::conjunction;
 use datafusion::logical_expr::{col, lit, Expr, LogicalPlan, UserDefinedLogicalNode};
 use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
+use datafusion::physical_optimizer::filter_pushdown::FilterPushdown;
+use datafusion::physical_optimizer::PhysicalOptimizerRule;
 use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
 use datafusion::physical_plan::filter::FilterExec;
-use datafusion::physical_plan::metrics::{Count, Time, ExecutionPlanMetricsSet, MetricBuilder, MetricsSet};
+use datafusion::physical_plan::metrics::{Count, ExecutionPlanMetricsSet, MetricBuilder, MetricsSet, Time};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{
     execute_stream, DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties,
 };
-use datafusion::physical_optimizer::filter_pushdown::FilterPushdown;
-use datafusion::physical_optimizer::PhysicalOptimizerRule;
 use datafusion::physical_planner::{DefaultPhysicalPlanner, ExtensionPlanner, PhysicalPlanner};
 use futures::{StreamExt, TryStreamExt};
 
@@ -91,7 +91,8 @@ impl fmt::Debug for IvfTopKExec {
 
 impl IvfTopKExec {
     fn new(spec: TopK, state: SessionState) -> Self {
-        let schema = Arc::new(spec.table.schema().project(&spec.projection).expect("projection of the scan it replaced"));
+        let schema =
+            Arc::new(spec.table.schema().project(&spec.projection).expect("projection of the scan it replaced"));
         let properties = Arc::new(PlanProperties::new(
             EquivalenceProperties::new(schema.clone()),
             Partitioning::UnknownPartitioning(1),
@@ -147,12 +148,8 @@ impl ExecutionPlan for IvfTopKExec {
         if partition != 0 {
             return internal_err!("IvfTopKExec has one partition, asked for {partition}");
         }
-        let run = Run {
-            spec: self.spec.clone(),
-            state: self.state.clone(),
-            context,
-            counts: Counts::new(&self.metrics),
-        };
+        let run =
+            Run { spec: self.spec.clone(), state: self.state.clone(), context, counts: Counts::new(&self.metrics) };
         let batches = futures::stream::once(run.rows()).try_flatten();
         Ok(Box::pin(RecordBatchStreamAdapter::new(self.schema.clone(), batches)))
     }

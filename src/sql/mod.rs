@@ -13,6 +13,7 @@ mod table;
 use std::sync::Arc;
 
 use datafusion::execution::session_state::SessionStateBuilder;
+use datafusion::execution::FunctionRegistry;
 use datafusion::optimizer::OptimizerRule;
 use datafusion::prelude::SessionContext;
 
@@ -28,17 +29,20 @@ pub use table::{VectorTable, VectorTableOptions};
 /// `inner_product` and `cosine_distance` replace DataFusion's functions of those names
 /// (same results, Float32 vectors read without conversion to Float64 lists).
 pub fn register_all(ctx: &SessionContext) {
-    for f in functions::all() {
-        ctx.register_udf(f.as_ref().clone());
-    }
     let state = ctx.state_ref();
     let mut state = state.write();
-    let mut next = SessionStateBuilder::new_from_existing(state.clone()).with_query_planner(Arc::new(exec::FaissQueryPlanner));
+    let mut next =
+        SessionStateBuilder::new_from_existing(state.clone()).with_query_planner(Arc::new(exec::FaissQueryPlanner));
     let rule = rule::IvfTopKRule;
     if !state.optimizers().iter().any(|r| r.name() == rule.name()) {
         next = next.with_optimizer_rule(Arc::new(rule));
     }
     let mut next = next.build();
+    // After the rebuild, which re-registers every function under each of its names: an
+    // alias of DataFusion's `inner_product` would otherwise bring it back over ours.
+    for f in functions::all() {
+        next.register_udf(f).expect("SessionState::register_udf does not fail");
+    }
     next.table_factories_mut().insert("FAISS".into(), Arc::new(FaissTableFactory));
     if next.config().options().extensions.get::<FaissConfig>().is_none() {
         next.config_mut().options_mut().extensions.insert(FaissConfig::default());

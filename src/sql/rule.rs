@@ -6,14 +6,14 @@
 use std::any::Any;
 use std::sync::Arc;
 
+use datafusion::catalog::TableProvider;
 use datafusion::common::tree_node::{Transformed, TreeNode};
 use datafusion::common::{Column, Result};
-use datafusion::catalog::TableProvider;
 use datafusion::datasource::source_as_provider;
 use datafusion::logical_expr::expr::ScalarFunction;
 use datafusion::logical_expr::utils::split_conjunction_owned;
-use datafusion::logical_expr::{Extension, LogicalPlan, SortExpr, TableScan};
 use datafusion::logical_expr::{Expr, Projection, SubqueryAlias};
+use datafusion::logical_expr::{Extension, LogicalPlan, SortExpr, TableScan};
 use datafusion::optimizer::{ApplyOrder, OptimizerConfig, OptimizerRule};
 
 use super::config::FaissConfig;
@@ -194,6 +194,8 @@ fn unqualify(e: Expr) -> Result<Expr> {
 }
 
 fn has_subquery(e: &Expr) -> bool {
-    e.exists(|x| Ok(matches!(x, Expr::ScalarSubquery(_) | Expr::Exists(_) | Expr::InSubquery(_) | Expr::SetComparison(_))))
-        .unwrap_or(true)
+    e.exists(|x| {
+        Ok(matches!(x, Expr::ScalarSubquery(_) | Expr::Exists(_) | Expr::InSubquery(_) | Expr::SetComparison(_)))
+    })
+    .unwrap_or(true)
 }

@@ -51,7 +51,10 @@ impl VectorTable {
         let column = |name: &str, role: &str| {
             schema.index_of(name).map_err(|_| {
                 let names: Vec<_> = schema.fields().iter().map(|f| f.name().as_str()).collect();
-                DataFusionError::Plan(format!("{role} column '{name}' is not in the table (columns: {})", names.join(", ")))
+                DataFusionError::Plan(format!(
+                    "{role} column '{name}' is not in the table (columns: {})",
+                    names.join(", ")
+                ))
             })
         };
         let key = column(&options.key, "key")?;
@@ -76,9 +79,7 @@ impl VectorTable {
                 }
             }
             DataType::List(item) | DataType::LargeList(item) if item.data_type() == &DataType::Float32 => {}
-            other => {
-                return plan_err!("vector column '{}' must be a list of Float32, got {other}", options.vector)
-            }
+            other => return plan_err!("vector column '{}' must be a list of Float32, got {other}", options.vector),
         }
         Ok(VectorTable { base, options, location, key, vector, info })
     }
