@@ -49,7 +49,9 @@ impl OptimizerRule for IvfTopKRule {
         let (Some(k), Some(order)) = (sort.fetch, sort.expr.first()) else {
             return Ok(Transformed::no(plan));
         };
-        let Some(node) = match_top_k(order, &sort.input, k, &settings)? else {
+        // A plan this rule cannot follow (e.g. a column it cannot resolve) keeps the exact
+        // plan rather than failing the query.
+        let Ok(Some(node)) = match_top_k(order, &sort.input, k, &settings) else {
             return Ok(Transformed::no(plan));
         };
         let input = Arc::unwrap_or_clone(sort.input.clone()).transform_up(|p| {
