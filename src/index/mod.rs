@@ -244,8 +244,11 @@ impl IvfIndex {
         allowed: &[i64],
     ) -> Result<SearchResult> {
         let mut allowed = allowed.to_vec();
-        allowed.sort_unstable();
-        allowed.dedup();
+        // Callers often pass a set already sorted (the SQL layer does, once per query).
+        if !allowed.is_sorted_by(|a, b| a < b) {
+            allowed.sort_unstable();
+            allowed.dedup();
+        }
         self.search_with(queries, k, nprobe, Some(allowed.into())).await
     }
 
