@@ -13,7 +13,9 @@ struct Args {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Build an IVF index of Fashion-MNIST in a local folder and search it header-only.
+    /// Train and fill an IVF index from a Parquet table or a SQL query and publish it.
+    Build(cli::build::BuildArgs),
+    /// The main job on local files: Fashion-MNIST as Parquet, indexed, queried by SQL.
     Demo(cli::demo::DemoArgs),
     /// Describe an index file, reading only its header.
     Inspect(cli::inspect::InspectArgs),
@@ -25,12 +27,14 @@ enum Command {
 async fn main() {
     let args = Args::parse();
     let result = match args.command {
+        Command::Build(a) => cli::build::run(a).await,
         Command::Demo(a) => cli::demo::run(a).await,
         Command::Inspect(a) => cli::inspect::run(a).await,
         Command::Sql(a) => cli::query::run(a).await,
     };
     if let Err(e) = result {
-        eprintln!("error: {e}");
+        // One line, whatever the error's own layout.
+        eprintln!("error: {}", e.to_string().split_whitespace().collect::<Vec<_>>().join(" "));
         std::process::exit(1);
     }
 }

@@ -5,72 +5,85 @@ use std::io::Read;
 use std::path::Path as FsPath;
 use std::time::{Duration, Instant};
 
-use datafusion_faiss::{InMemoryIndex, IvfIndexBuilder, Metric};
-use object_store::ObjectStoreExt;
+use std::path::PathBuf;
 
+use datafusion_faiss::InMemoryIndex;
+
+use super::build::{MetricArg, Spec};
 use super::{CliResult, Location};
 
 const DATASET: &str = "/usr/share/datasets/fashion-mnist";
 
 #[derive(clap::Args)]
 pub struct DemoArgs {
-    /// Where the index goes (reused by later runs): a local path, s3://bucket/key
-    /// (AWS_* variables configure the endpoint and keys) or memory://key.
-    #[arg(long, default_value = ".work/demo/fashion-mnist-IVF1024-Flat.faiss")]
-    index: String,
+    /// Folder of the Parquet table and its index; later runs reuse what is there.
+    #[arg(long, default_value = ".work/demo")]
+    dir: PathBuf,
     #[arg(long, default_value_t = 1024)]
     nlist: usize,
     #[arg(long, default_value_t = 16)]
     nprobe: usize,
-    /// Test images used as queries.
+    /// Test images searched header-only, next to FAISS's own search of the whole file.
     #[arg(long, default_value_t = 200)]
     queries: usize,
     #[arg(long, default_value_t = 10)]
     k: usize,
-    /// Queries of the SQL comparison (index plan vs exact plan); 0 skips it.
-    #[arg(long, default_value_t = 20)]
+    /// Test images run through SQL with the index and with the exact plan.
+    #[arg(long, default_value_t = 10)]
     sql_queries: usize,
-    /// The Parquet table of the SQL comparison (written on first use).
-    #[arg(long, default_value = ".work/demo/fashion-mnist.parquet")]
-    table: String,
 }
 
 pub async fn run(args: DemoArgs) -> CliResult {
+    let started = Instant::now();
     let (base, d) = read_idx(&FsPath::new(DATASET).join("train-images-idx3-ubyte.gz"))?;
     let (test, _) = read_idx(&FsPath::new(DATASET).join("t10k-images-idx3-ubyte.gz"))?;
     let n = base.len() / d;
+    let labels = read_labels(&FsPath::new(DATASET).join("train-labels-idx1-ubyte.gz"), n)?;
+    let test_labels = read_labels(&FsPath::new(DATASET).join("t10k-labels-idx1-ubyte.gz"), test.len() / d)?;
     let nq = args.queries.min(test.len() / d);
     let queries = &test[..nq * d];
-    println!("data        Fashion-MNIST: {n} base vectors, {nq} queries, d={d}");
+    println!("data        Fashion-MNIST: {n} images, {} test images, d={d}", test.len() / d);
 
-    let at = Location::parse(&args.index)?;
-    if let Some(dir) = at.file.as_ref().and_then(|f| f.parent()) {
-        std::fs::create_dir_all(dir)?;
+    std::fs::create_dir_all(&args.dir).map_err(|e| format!("{}: {e}", args.dir.display()))?;
+    let table = args.dir.join("fashion-mnist.parquet");
+    if table.exists() {
+        println!("table       {} (reused)", table.display());
+    } else {
+        super::sql::write_parquet(&table, &base, &labels, d)?;
+        println!("table       {} written: id, label, embedding FLOAT[{d}]", table.display());
     }
-    if at.store.head(&at.path).await.is_err() {
-        let t = Instant::now();
-        let factory = format!("IVF{},Flat", args.nlist);
-        let builder = tokio::task::spawn_blocking({
-            let base = base.clone();
-            move || -> datafusion_faiss::Result<IvfIndexBuilder> {
-                let mut b = IvfIndexBuilder::new(d, &factory, Metric::L2)?;
-                b.train(&base)?;
-                b.add(&base, &(0..n as i64).collect::<Vec<_>>())?;
-                Ok(b)
-            }
-        })
-        .await??;
-        builder.write(at.store.clone(), &at.path).await?;
-        println!("built       {} in {:.1} s", args.index, t.elapsed().as_secs_f64());
+    let index_file = args.dir.join(format!("fashion-mnist-IVF{}-Flat.faiss", args.nlist));
+    let at = Location::parse(&index_file.to_string_lossy())?;
+    if index_file.exists() {
+        println!("index       {} (reused)", index_file.display());
+    } else {
+        let ctx = super::context()?;
+        super::build::register_parquet(&ctx, "input", &table.to_string_lossy()).await?;
+        let spec = Spec {
+            query: "SELECT id, embedding FROM input".into(),
+            key: "id".into(),
+            vector: "embedding".into(),
+            factory: format!("IVF{},Flat", args.nlist),
+            metric: MetricArg::L2,
+            train_size: None,
+            seed: 1,
+        };
+        println!(
+            "> datafusion-faiss build --input {} --factory {} --output {}",
+            table.display(),
+            spec.factory,
+            index_file.display()
+        );
+        super::build::build(&ctx, &spec, &at).await?;
     }
-
+    let searched = Instant::now();
     let t = Instant::now();
     let index = at.open().await?;
     let info = index.info().clone();
     let open = index.open_stats();
     println!(
-        "opened      {} {} header-only in {:.1} ms: {} GETs, {} B read of {} B ({} B header)",
-        args.index,
+        "\nopened      {} {} header-only in {:.1} ms: {} GETs, {} B read of {} B ({} B header)",
+        index_file.display(),
         info.description,
         t.elapsed().as_secs_f64() * 1e3,
         open.gets,
@@ -143,15 +156,14 @@ pub async fn run(args: DemoArgs) -> CliResult {
     );
 
     if args.sql_queries > 0 {
-        let table = FsPath::new(&args.table);
-        if let Some(dir) = table.parent() {
-            std::fs::create_dir_all(dir)?;
-        }
-        let labels = read_labels(&FsPath::new(DATASET).join("train-labels-idx1-ubyte.gz"), n)?;
-        super::sql::write_parquet(table, &base, &labels, d)?;
         let nq = args.sql_queries.min(test.len() / d);
-        super::sql::compare(table, &args.index, &at, &test[..nq * d], d, args.k, args.nprobe).await?;
+        super::sql::run(&table, &index_file, &test[..nq * d], test_labels[0], d, args.k, args.nprobe).await?;
     }
+    println!(
+        "done        in {:.1} s ({:.1} s after the build)",
+        started.elapsed().as_secs_f64(),
+        searched.elapsed().as_secs_f64()
+    );
     Ok(())
 }
 

@@ -7,12 +7,11 @@ use std::time::{Duration, Instant};
 
 use datafusion::arrow::array::{Array, AsArray, FixedSizeListArray, Float32Array, Int64Array, RecordBatch};
 use datafusion::arrow::datatypes::{DataType, Field, Int64Type, Schema};
-use datafusion::execution::object_store::ObjectStoreUrl;
 use datafusion::parquet::arrow::ArrowWriter;
 use datafusion::parquet::file::properties::WriterProperties;
-use datafusion::prelude::SessionContext;
 
-use super::{CliResult, Location};
+use super::query::execute;
+use super::{context, CliResult};
 
 /// Rows per Parquet page: a key lookup decodes only the pages holding its keys.
 const PAGE_ROWS: usize = 64;
@@ -51,36 +50,44 @@ pub fn write_parquet(file: &FsPath, base: &[f32], labels: &[u8], d: usize) -> Cl
     Ok(())
 }
 
-/// Index plan vs exact plan over `queries`: latency and recall@k of the index plan.
-pub async fn compare(
+/// Registers `table` with its index, shows one query plain, filtered and under EXPLAIN
+/// ANALYZE, then compares the index plan with the exact plan over `queries`.
+pub async fn run(
     table: &FsPath,
-    index: &str,
-    at: &Location,
+    index: &FsPath,
     queries: &[f32],
+    label: u8,
     d: usize,
     k: usize,
     nprobe: usize,
 ) -> CliResult {
-    let ctx = SessionContext::new();
-    if let Some((scheme, rest)) = index.split_once("://") {
-        let bucket = rest.split('/').next().unwrap_or_default();
-        ctx.register_object_store(ObjectStoreUrl::parse(format!("{scheme}://{bucket}"))?.as_ref(), at.store.clone());
-    }
-    datafusion_faiss::sql::register_all(&ctx);
+    let ctx = context()?;
     let ddl = format!(
         "CREATE EXTERNAL TABLE fmnist STORED AS FAISS LOCATION '{}' \
-         OPTIONS ('index' '{index}', 'key' 'id', 'vector' 'embedding')",
-        table.display()
+         OPTIONS ('index' '{}', 'key' 'id', 'vector' 'embedding')",
+        table.display(),
+        index.display()
     );
-    ctx.sql(&ddl).await?;
-    ctx.sql(&format!("SET faiss.nprobe = {nprobe}")).await?;
-    println!("sql         {ddl}");
-    for filter in ["", "WHERE label = 3"] {
+    println!("\n> {ddl};");
+    execute(&ctx, &ddl).await?;
+    let set = format!("SET faiss.nprobe = {nprobe}");
+    println!("> {set};");
+    execute(&ctx, &set).await?;
+
+    let vector = literal(&queries[..d]);
+    let plain = format!("SELECT id, label, vec_distance(embedding, {vector}) AS d FROM fmnist ORDER BY d LIMIT {k}");
+    let filtered = plain.replace("ORDER BY", &format!("WHERE label = {label} ORDER BY"));
+    for sql in [plain.clone(), filtered, format!("EXPLAIN ANALYZE {plain}")] {
+        println!("\n> {};", abbreviate(&sql));
+        print!("{}", abbreviate(&execute(&ctx, &sql).await?));
+    }
+    println!();
+
+    for filter in [String::new(), format!("WHERE label = {label}")] {
         let (mut indexed, mut exact) = (Plan::default(), Plan::default());
         for q in queries.chunks(d) {
-            let q: Vec<String> = q.iter().map(|v| v.to_string()).collect();
             let sql =
-                format!("SELECT id FROM fmnist {filter} ORDER BY vec_distance(embedding, [{}]) LIMIT {k}", q.join(","));
+                format!("SELECT id FROM fmnist {filter} ORDER BY vec_distance(embedding, {}) LIMIT {k}", literal(q));
             for (plan, enabled) in [(&mut indexed, true), (&mut exact, false)] {
                 ctx.sql(&format!("SET faiss.enabled = {enabled}")).await?;
                 let t = Instant::now();
@@ -89,29 +96,46 @@ pub async fn compare(
                 plan.ids.extend(batches.iter().flat_map(|b| b.column(0).as_primitive::<Int64Type>().values().to_vec()));
             }
         }
-        let q: Vec<String> = queries[..d].iter().map(|v| v.to_string()).collect();
-        let sql =
-            format!("SELECT id FROM fmnist {filter} ORDER BY vec_distance(embedding, [{}]) LIMIT {k}", q.join(","));
-        ctx.sql("SET faiss.enabled = true").await?;
-        let plan = ctx.sql(&format!("EXPLAIN ANALYZE {sql}")).await?.collect().await?;
-        let plan = datafusion::arrow::util::pretty::pretty_format_batches(&plan)?.to_string();
-        if let Some(metrics) = plan.lines().find(|l| l.contains("IvfTopKExec")).and_then(|l| l.split("metrics=").nth(1))
-        {
-            println!("sql         EXPLAIN ANALYZE, first query: IvfTopKExec {}", metrics.trim_end_matches([' ', '|']));
-        }
         let hits = indexed.ids.chunks(k).zip(exact.ids.chunks(k));
         let hits: usize = hits.map(|(f, e)| f.iter().filter(|id| e.contains(id)).count()).sum();
         println!(
-            "sql         ORDER BY vec_distance LIMIT {k} {filter}: index plan p50 {:.1} ms, exact plan p50 {:.1} ms, recall@{k} {:.4} vs exact plan ({} queries)",
+            "sql         ORDER BY vec_distance LIMIT {k} {filter}: index plan p50 {:.1} ms, exact plan p50 {:.1} ms \
+             ({:.1}x), recall@{k} {:.4} vs the exact plan ({} queries)",
             indexed.p50(),
             exact.p50(),
-            hits as f64 / exact.ids.len() as f64,
+            exact.p50() / indexed.p50(),
+            hits as f64 / exact.ids.len().max(1) as f64,
             queries.len() / d
         );
     }
+    ctx.sql("SET faiss.enabled = true").await?;
     Ok(())
 }
 
+fn literal(v: &[f32]) -> String {
+    let v: Vec<String> = v.iter().map(|x| x.to_string()).collect();
+    format!("[{}]", v.join(", "))
+}
+
+/// Long vector literals shortened to their first values and length, for the terminal.
+fn abbreviate(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(open) = rest.find('[') {
+        out.push_str(&rest[..=open]);
+        rest = &rest[open + 1..];
+        let Some(close) = rest.find(']') else { break };
+        let inner = &rest[..close];
+        let numeric = inner.chars().all(|c| c.is_ascii_digit() || " ,.-e".contains(c));
+        let values: Vec<&str> = inner.split(',').map(str::trim).collect();
+        if numeric && values.len() > 8 {
+            out.push_str(&format!("{}, … {} values", values[..3].join(", "), values.len()));
+            rest = &rest[close..];
+        }
+    }
+    out.push_str(rest);
+    out
+}
 #[derive(Default)]
 struct Plan {
     times: Vec<Duration>,

@@ -31,7 +31,7 @@ impl IvfIndexBuilder {
             return Err(Error::Build("dimension must be at least 1".into()));
         }
         let inner = bridge::new_index(dimension, factory, metric.to_faiss())
-            .map_err(|e| Error::Build(format!("factory string {factory:?}: {}", e.what())))?;
+            .map_err(|e| Error::Build(format!("factory string {factory:?}: {}", faiss_message(e.what()))))?;
         let info = inner.info();
         if !info.unsupported.is_empty() {
             return Err(Error::Build(format!(
@@ -52,6 +52,11 @@ impl IvfIndexBuilder {
 
     pub fn dimension(&self) -> usize {
         self.dimension
+    }
+
+    /// Number of inverted lists the factory string asked for.
+    pub fn nlist(&self) -> usize {
+        self.inner.info().nlist
     }
 
     /// Trains the coarse quantizer (and PQ / SQ / OPQ) on `sample` (`n × dimension`).
@@ -80,6 +85,16 @@ impl IvfIndexBuilder {
     /// Writes the index as a standard FAISS file to `path` (multipart for large files)
     /// and returns its size in bytes.
     pub async fn write(self, store: Arc<dyn ObjectStore>, path: &Path) -> Result<u64> {
+        self.write_with_progress(store, path, |_, _| {}).await
+    }
+
+    /// [`write`](Self::write), calling `progress(bytes uploaded, file size)` as parts go up.
+    pub async fn write_with_progress(
+        self,
+        store: Arc<dyn ObjectStore>,
+        path: &Path,
+        progress: impl Fn(u64, u64),
+    ) -> Result<u64> {
         let dir = tempfile::tempdir().map_err(|e| Error::Build(format!("temporary folder: {e}")))?;
         let local = dir.path().join("index.faiss");
         let local_str = local.to_str().ok_or_else(|| Error::Build("temporary path is not UTF-8".into()))?.to_string();
@@ -89,7 +104,7 @@ impl IvfIndexBuilder {
             .expect("index write task panicked")
             .map_err(|e| Error::Build(format!("writing index file: {}", e.what())))?;
         drop(inner);
-        upload(&local, store, path).await
+        upload(&local, store, path, progress).await
     }
 
     fn check_vectors(&self, x: &[f32], what: &str) -> Result<()> {
@@ -107,7 +122,17 @@ impl IvfIndexBuilder {
     }
 }
 
-async fn upload(local: &std::path::Path, store: Arc<dyn ObjectStore>, path: &Path) -> Result<u64> {
+/// FAISS's own words, without the C++ function and source line it prefixes them with.
+fn faiss_message(what: &str) -> &str {
+    what.split_once(".cpp:").and_then(|(_, rest)| rest.split_once(": ")).map_or(what, |(_, msg)| msg)
+}
+
+async fn upload(
+    local: &std::path::Path,
+    store: Arc<dyn ObjectStore>,
+    path: &Path,
+    progress: impl Fn(u64, u64),
+) -> Result<u64> {
     let fail = |what: &str, e: &dyn std::fmt::Display| Error::Build(format!("uploading to {path}: {what}: {e}"));
     let mut file = std::fs::File::open(local).map_err(|e| fail("opening written file", &e))?;
     let size = file.metadata().map_err(|e| fail("reading written file", &e))?.len();
@@ -116,17 +141,24 @@ async fn upload(local: &std::path::Path, store: Arc<dyn ObjectStore>, path: &Pat
         file.read_exact(&mut buf[..size as usize]).map_err(|e| fail("reading written file", &e))?;
         buf.truncate(size as usize);
         store.put(path, PutPayload::from(buf)).await.map_err(|e| fail("put", &e))?;
+        progress(size, size);
         return Ok(size);
     }
     let upload = store.put_multipart(path).await.map_err(|e| fail("starting multipart upload", &e))?;
     let mut writer = WriteMultipart::new_with_chunk_size(upload, PART);
+    let mut done = 0;
     loop {
         let n = file.read(&mut buf).map_err(|e| fail("reading written file", &e))?;
         if n == 0 {
             break;
         }
-        writer.wait_for_capacity(4).await.map_err(|e| fail("uploading part", &e))?;
+        if let Err(e) = writer.wait_for_capacity(4).await {
+            writer.abort().await.ok();
+            return Err(fail("uploading part", &e));
+        }
         writer.write(&buf[..n]);
+        done += n as u64;
+        progress(done, size);
     }
     writer.finish().await.map_err(|e| fail("completing multipart upload", &e))?;
     Ok(size)

@@ -1,0 +1,455 @@
+//! `build`: train and fill a FAISS IVF index from the rows of a table or a SQL query, and
+//! publish it as a standard FAISS file.
+//!
+//! Memory stays at what FAISS needs: a first pass over the rows keeps only a reservoir
+//! sample for training; a second pass streams the rows into the index batch by batch. When
+//! the sample turned out to hold every row, the second pass is skipped.
+
+use std::time::{Duration, Instant};
+
+use datafusion::arrow::array::{Array, ArrayRef, AsArray, Float32Array, RecordBatch};
+use datafusion::arrow::compute::cast;
+use datafusion::arrow::datatypes::{DataType, Int64Type};
+use datafusion::prelude::{ParquetReadOptions, SessionContext};
+use datafusion_faiss::{IvfIndexBuilder, Metric};
+use futures::StreamExt;
+use indicatif::{HumanBytes, ProgressBar, ProgressStyle};
+use object_store::path::Path;
+use object_store::ObjectStoreExt;
+
+use super::{context, CliResult, Location};
+
+#[derive(clap::Args)]
+pub struct BuildArgs {
+    /// Parquet file or folder to index, registered as table `input`.
+    #[arg(long, short)]
+    input: Option<String>,
+    /// More Parquet tables for --query, as NAME=URL (repeatable).
+    #[arg(long = "table", value_name = "NAME=URL")]
+    tables: Vec<String>,
+    /// SQL yielding the key and vector columns [default: SELECT <key>, <vector> FROM input].
+    #[arg(long, short)]
+    query: Option<String>,
+    /// Integer column whose values become the index ids.
+    #[arg(long, default_value = "id")]
+    key: String,
+    /// Vector column: FixedSizeList or List of Float32.
+    #[arg(long, default_value = "embedding")]
+    vector: String,
+    /// FAISS factory string of an IVF index with Flat, SQ or PQ codes.
+    #[arg(long, default_value = "IVF1024,Flat")]
+    factory: String,
+    /// cosine normalises every vector and searches by inner product.
+    #[arg(long, value_enum, default_value = "l2")]
+    metric: MetricArg,
+    /// Vectors sampled to train on [default: 64 × nlist; FAISS wants 30 to 256 per list].
+    #[arg(long)]
+    train_size: Option<usize>,
+    /// Where the index goes: a local path, file://, s3://bucket/key or memory://name/key.
+    #[arg(long, short)]
+    output: String,
+    /// Seed of the training sample.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub enum MetricArg {
+    L2,
+    Ip,
+    Cosine,
+}
+
+/// Vectors added to FAISS per call: large enough to use every core, small enough for a
+/// progress bar to move.
+const ADD_CHUNK: usize = 16_384;
+
+pub async fn run(args: BuildArgs) -> CliResult {
+    let ctx = context()?;
+    let out = Location::parse(&args.output)?;
+    if let Some(input) = &args.input {
+        register_parquet(&ctx, "input", input).await?;
+    }
+    for table in &args.tables {
+        let (name, url) = table.split_once('=').ok_or_else(|| format!("--table {table}: expected NAME=URL"))?;
+        register_parquet(&ctx, name, url).await?;
+    }
+    let query = match (&args.query, &args.input) {
+        (Some(q), _) => q.clone(),
+        (None, Some(_)) => format!("SELECT \"{}\", \"{}\" FROM input", args.key, args.vector),
+        (None, None) => return Err("give --input (a Parquet file or folder) or --query".into()),
+    };
+    let spec = Spec {
+        query,
+        key: args.key,
+        vector: args.vector,
+        factory: args.factory,
+        metric: args.metric,
+        train_size: args.train_size,
+        seed: args.seed,
+    };
+    build(&ctx, &spec, &out).await?;
+    Ok(())
+}
+
+/// What to index and how.
+pub struct Spec {
+    pub query: String,
+    pub key: String,
+    pub vector: String,
+    pub factory: String,
+    pub metric: MetricArg,
+    pub train_size: Option<usize>,
+    pub seed: u64,
+}
+
+/// Builds the index of `spec.query`'s rows, publishes it at `out` and prints a summary.
+pub async fn build(ctx: &SessionContext, spec: &Spec, out: &Location) -> CliResult {
+    let started = Instant::now();
+    let query = &spec.query;
+    let cosine = matches!(spec.metric, MetricArg::Cosine);
+    let metric = if matches!(spec.metric, MetricArg::L2) { Metric::L2 } else { Metric::InnerProduct };
+    let mut rows = Rows::new(ctx, query, &spec.key, &spec.vector, cosine).await?;
+    // Pass 1: validate every row, count them, keep a sample.
+    let bar = spinner("reading", "{prefix:>9} {spinner} {human_pos} rows  {per_sec}  {elapsed}");
+    let mut sample = None;
+    let mut stream = rows.stream(ctx).await?;
+    let mut n = 0u64;
+    while let Some(batch) = stream.next().await {
+        let (keys, vectors) = rows.extract(&batch.map_err(|e| format!("reading {query:?}: {e}"))?)?;
+        if keys.is_empty() {
+            continue;
+        }
+        let sample = match &mut sample {
+            Some(s) => s,
+            None => {
+                let d = rows.dimension.expect("set by the first row");
+                let builder = IvfIndexBuilder::new(d, &spec.factory, metric)?;
+                let size = spec.train_size.unwrap_or(64 * builder.nlist()).max(1);
+                sample.insert((builder, Reservoir::new(size, d, spec.seed)))
+            }
+        };
+        sample.1.offer(&keys, &vectors);
+        n += keys.len() as u64;
+        bar.set_position(n);
+    }
+    bar.finish();
+    let read_time = started.elapsed();
+    let (mut builder, reservoir) = sample.ok_or_else(|| format!("{query:?} returned no rows: nothing to index"))?;
+    let d = builder.dimension();
+    let nlist = builder.nlist();
+    if (n as usize) < nlist {
+        return Err(format!(
+            "--factory {}: {nlist} lists but only {n} vectors; use fewer lists (FAISS wants 30 to 256 vectors per list)",
+            spec.factory
+        )
+        .into());
+    }
+
+    // Training blocks this thread; FAISS itself runs on every core.
+    let bar = spinner("training", "{prefix:>9} {spinner} {msg}  {elapsed}");
+    bar.set_message(format!("{} on {} of {n} vectors, d={d}", spec.factory, reservoir.len()));
+    let t = Instant::now();
+    tokio::task::block_in_place(|| builder.train(&reservoir.vectors))?;
+    bar.finish();
+    let train_time = t.elapsed();
+
+    let bar = ProgressBar::new(n)
+        .with_prefix("adding")
+        .with_style(style("{prefix:>9} {bar:30} {human_pos}/{human_len} vectors  {per_sec}  {eta}"));
+    let t = Instant::now();
+    let mut added = 0u64;
+    let mut add = |builder: &mut IvfIndexBuilder, keys: &[i64], vectors: &[f32]| -> CliResult {
+        for (k, v) in keys.chunks(ADD_CHUNK).zip(vectors.chunks(ADD_CHUNK * d)) {
+            tokio::task::block_in_place(|| builder.add(v, k))?;
+            added += k.len() as u64;
+            bar.set_position(added);
+        }
+        Ok(())
+    };
+    if reservoir.seen == reservoir.len() as u64 {
+        add(&mut builder, &reservoir.keys, &reservoir.vectors)?;
+    } else {
+        drop(reservoir);
+        let mut stream = rows.stream(ctx).await?;
+        while let Some(batch) = stream.next().await {
+            let (keys, vectors) = rows.extract(&batch.map_err(|e| format!("reading {query:?}: {e}"))?)?;
+            add(&mut builder, &keys, &vectors)?;
+        }
+    }
+    bar.finish();
+    if added != n {
+        return Err(format!("{query:?} returned {n} rows, then {added} on the second pass: the input changed").into());
+    }
+    let add_time = t.elapsed();
+
+    let t = Instant::now();
+    let size = publish(builder, out).await?;
+    let upload_time = t.elapsed();
+
+    let index = out.open().await.map_err(|e| format!("reopening {}: {e}", out.url))?;
+    println!(
+        "built       {} ({}, {}) in {:.1} s",
+        out.url,
+        index.info().description,
+        HumanBytes(size),
+        secs(started.elapsed())
+    );
+    println!(
+        "phases      read {:.1} s, train {:.1} s, add {:.1} s, write {:.1} s",
+        secs(read_time),
+        secs(train_time),
+        secs(add_time),
+        secs(upload_time)
+    );
+    super::inspect::describe(&index);
+    if cosine {
+        println!("note        vectors were normalised: declare the table with OPTIONS ('normalized' 'true') to rank by cosine_distance");
+    }
+    Ok(())
+}
+
+/// Writes the index under a temporary name next to `out`, then renames it into place, so
+/// a failed build never leaves a partial file at `out`.
+async fn publish(builder: IvfIndexBuilder, out: &Location) -> CliResult<u64> {
+    if let Some(dir) = out.file.as_ref().and_then(|f| f.parent()) {
+        std::fs::create_dir_all(dir).map_err(|e| format!("{}: creating {}: {e}", out.url, dir.display()))?;
+    }
+    let stamp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos();
+    let tmp = Path::from(format!("{}.tmp-{}-{stamp}", out.path, std::process::id()));
+    let bar = ProgressBar::new(0)
+        .with_prefix("writing")
+        .with_style(style("{prefix:>9} {bar:30} {bytes}/{total_bytes}  {bytes_per_sec}"));
+    let written = builder
+        .write_with_progress(out.store.clone(), &tmp, |done, total| {
+            bar.set_length(total);
+            bar.set_position(done);
+        })
+        .await;
+    bar.finish();
+    let result = match written {
+        Ok(size) => out
+            .store
+            .rename(&tmp, &out.path)
+            .await
+            .map(|()| size)
+            .map_err(|e| format!("{}: publishing: {e}", out.url).into()),
+        Err(e) => Err(format!("{}: {e}", out.url).into()),
+    };
+    if result.is_err() {
+        out.store.delete(&tmp).await.ok();
+    }
+    result
+}
+
+pub async fn register_parquet(ctx: &SessionContext, name: &str, url: &str) -> CliResult {
+    let at = Location::parse(url.trim_end_matches('/')).map_err(|e| format!("table {name}: {e}"))?;
+    // A single file is read whatever its name; a folder, for its `.parquet` files.
+    let is_file = match &at.file {
+        Some(file) if !file.exists() => return Err(format!("table {name}: {url}: no such file or folder").into()),
+        Some(file) => file.is_file(),
+        None => at.store.head(&at.path).await.is_ok(),
+    };
+    let url = if is_file || url.ends_with('/') {
+        super::parse_url(url)?.to_string()
+    } else {
+        format!("{}/", super::parse_url(url)?)
+    };
+    let options = ParquetReadOptions { file_extension: if is_file { "" } else { ".parquet" }, ..Default::default() };
+    ctx.register_parquet(name, &url, options).await.map_err(|e| format!("table {name}: {url}: {e}"))?;
+    Ok(())
+}
+
+/// The key and vector columns of a query's rows, checked as they come.
+struct Rows {
+    query: String,
+    key: String,
+    vector: String,
+    normalise: bool,
+    dimension: Option<usize>,
+    row: u64,
+}
+
+impl Rows {
+    async fn new(ctx: &SessionContext, query: &str, key: &str, vector: &str, normalise: bool) -> CliResult<Rows> {
+        let schema = ctx.sql(query).await.map_err(|e| format!("{query:?}: {e}"))?.schema().as_arrow().clone();
+        let column = |name: &str| {
+            schema.field_with_name(name).map(|f| f.data_type().clone()).map_err(|_| {
+                let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
+                format!("{query:?} has no column {name:?} (it has {})", names.join(", "))
+            })
+        };
+        let key_type = column(key)?;
+        if !key_type.is_integer() || key_type == DataType::UInt64 {
+            return Err(format!("key column {key:?} is {key_type}; expected an integer type that fits in Int64").into());
+        }
+        let dimension = match column(vector)? {
+            DataType::FixedSizeList(f, n) if f.data_type() == &DataType::Float32 => Some(n as usize),
+            DataType::List(f) | DataType::LargeList(f) if f.data_type() == &DataType::Float32 => None,
+            other => {
+                return Err(format!(
+                    "vector column {vector:?} is {other}; expected a FixedSizeList or List of Float32 \
+                     (cast it in --query, e.g. CAST({vector} AS FLOAT[]))"
+                )
+                .into())
+            }
+        };
+        if dimension == Some(0) {
+            return Err(format!("vector column {vector:?} has dimension 0").into());
+        }
+        Ok(Rows {
+            query: query.to_string(),
+            key: key.to_string(),
+            vector: vector.to_string(),
+            normalise,
+            dimension,
+            row: 0,
+        })
+    }
+
+    async fn stream(
+        &mut self,
+        ctx: &SessionContext,
+    ) -> CliResult<datafusion::physical_plan::SendableRecordBatchStream> {
+        self.row = 0;
+        let q = &self.query;
+        Ok(ctx
+            .sql(q)
+            .await
+            .map_err(|e| format!("{q:?}: {e}"))?
+            .execute_stream()
+            .await
+            .map_err(|e| format!("{q:?}: {e}"))?)
+    }
+
+    /// Keys and row-major vectors of `batch`; an error names the row (counted from the
+    /// query's first) and its key.
+    fn extract(&mut self, batch: &RecordBatch) -> CliResult<(Vec<i64>, Vec<f32>)> {
+        let (first, n) = (self.row, batch.num_rows());
+        self.row += n as u64;
+        let column =
+            |name: &str| batch.column_by_name(name).cloned().ok_or_else(|| format!("batch lost column {name:?}"));
+        let keys = cast(&column(&self.key)?, &DataType::Int64)?;
+        let keys = keys.as_primitive::<Int64Type>();
+        if let Some(i) = (0..n).find(|&i| keys.is_null(i)) {
+            return Err(format!("key column {:?}: NULL at row {}", self.key, first + i as u64).into());
+        }
+        let vectors = column(&self.vector)?;
+        let (values, spans) = spans(&vectors);
+        let at =
+            |i: usize| format!("vector column {:?}: row {} (key {})", self.vector, first + i as u64, keys.value(i));
+        let mut out = Vec::with_capacity(n * self.dimension.unwrap_or(0));
+        for (i, (start, len)) in spans.into_iter().enumerate() {
+            if vectors.is_null(i) {
+                return Err(format!("{} is NULL", at(i)).into());
+            }
+            let d = *self.dimension.get_or_insert(len);
+            if len != d {
+                return Err(format!("{} has {len} values, expected {d} like the rows before it", at(i)).into());
+            }
+            if len == 0 {
+                return Err(format!("{} is empty", at(i)).into());
+            }
+            if let Some(j) = (start..start + len).find(|&j| values.is_null(j)) {
+                return Err(format!("{} has a NULL at component {}", at(i), j - start).into());
+            }
+            let v = &values.values()[start..start + len];
+            if let Some(j) = v.iter().position(|x| !x.is_finite()) {
+                return Err(format!("{} has {} at component {j}", at(i), v[j]).into());
+            }
+            if self.normalise {
+                let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+                if norm == 0.0 {
+                    return Err(format!("{} is all zeros: it has no direction for cosine", at(i)).into());
+                }
+                out.extend(v.iter().map(|x| x / norm));
+            } else {
+                out.extend_from_slice(v);
+            }
+        }
+        Ok((keys.values().to_vec(), out))
+    }
+}
+
+/// The Float32 values of a list column and each row's `(start, length)` in them.
+fn spans(column: &ArrayRef) -> (Float32Array, Vec<(usize, usize)>) {
+    match column.data_type() {
+        DataType::FixedSizeList(_, n) => {
+            let list = column.as_fixed_size_list();
+            let spans = (0..list.len()).map(|i| (list.value_offset(i) as usize, *n as usize)).collect();
+            (list.values().as_primitive().clone(), spans)
+        }
+        DataType::List(_) => {
+            let list = column.as_list::<i32>();
+            let spans = list.offsets().windows(2).map(|w| (w[0] as usize, (w[1] - w[0]) as usize)).collect();
+            (list.values().as_primitive().clone(), spans)
+        }
+        _ => {
+            let list = column.as_list::<i64>();
+            let spans = list.offsets().windows(2).map(|w| (w[0] as usize, (w[1] - w[0]) as usize)).collect();
+            (list.values().as_primitive().clone(), spans)
+        }
+    }
+}
+
+/// A uniform sample of `size` rows (Algorithm R), deterministic for a seed. Until `size`
+/// rows were offered it holds all of them, in order.
+struct Reservoir {
+    size: usize,
+    d: usize,
+    keys: Vec<i64>,
+    vectors: Vec<f32>,
+    seen: u64,
+    rng: u64,
+}
+
+impl Reservoir {
+    fn new(size: usize, d: usize, seed: u64) -> Reservoir {
+        Reservoir {
+            size,
+            d,
+            keys: Vec::new(),
+            vectors: Vec::new(),
+            seen: 0,
+            rng: seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1,
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.keys.len()
+    }
+
+    fn offer(&mut self, keys: &[i64], vectors: &[f32]) {
+        for (key, v) in keys.iter().zip(vectors.chunks(self.d)) {
+            self.seen += 1;
+            if self.keys.len() < self.size {
+                self.keys.push(*key);
+                self.vectors.extend_from_slice(v);
+                continue;
+            }
+            // xorshift64*
+            self.rng ^= self.rng >> 12;
+            self.rng ^= self.rng << 25;
+            self.rng ^= self.rng >> 27;
+            let j = (self.rng.wrapping_mul(0x2545_F491_4F6C_DD1D) % self.seen) as usize;
+            if j < self.size {
+                self.keys[j] = *key;
+                self.vectors[j * self.d..(j + 1) * self.d].copy_from_slice(v);
+            }
+        }
+    }
+}
+
+fn style(template: &str) -> ProgressStyle {
+    ProgressStyle::with_template(template).expect("valid progress template")
+}
+
+fn spinner(prefix: &'static str, template: &str) -> ProgressBar {
+    let bar = ProgressBar::new_spinner().with_prefix(prefix).with_style(style(template));
+    bar.enable_steady_tick(Duration::from_millis(120));
+    bar
+}
+
+fn secs(d: Duration) -> f64 {
+    d.as_secs_f64()
+}
