@@ -150,25 +150,22 @@ async fn build_inspect_sql_on_s3() {
     let listed = list(&*store, &prefix).await;
     assert_eq!(listed, ["docs.faiss", "docs.parquet"], "temporary objects left behind");
 
-    // A failed upload leaves nothing, and says so in one line.
-    let out = bin(
-        &[
-            "build",
-            "--input",
-            &format!("s3://{bucket}/{prefix}/docs.parquet"),
-            "--factory",
-            "IVF4,Flat",
-            "-o",
-            "s3://no-such-bucket-dff/x.faiss",
-        ],
-        &s3_env(),
-    );
+    // A failed upload (the server refuses the keys) leaves nothing, and says so in one line.
+    let dir = tempfile::tempdir().unwrap();
+    let local = dir.path().join("docs.parquet");
+    std::fs::write(&local, Docs::new(500, 4, 2).parquet()).unwrap();
+    let mut env = s3_env();
+    env.retain(|(k, _)| *k != "AWS_SECRET_ACCESS_KEY");
+    env.push(("AWS_SECRET_ACCESS_KEY", "not-the-secret".into()));
+    let refused = format!("s3://{bucket}/{prefix}/refused.faiss");
+    let out = bin(&["build", "--input", local.to_str().unwrap(), "--factory", "IVF4,Flat", "-o", &refused], &env);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(
-        stderr.starts_with("error: ") && stderr.lines().count() == 1 && stderr.contains("no-such-bucket-dff"),
+        stderr.starts_with("error: ") && stderr.lines().count() == 1 && stderr.contains("refused.faiss"),
         "{stderr}"
     );
+    assert_eq!(list(&*store, &prefix).await, ["docs.faiss", "docs.parquet"], "{stderr}");
 }
 
 fn s3_env() -> Vec<(&'static str, String)> {
@@ -237,7 +234,7 @@ fn build_errors_are_one_line_and_leave_nothing() {
     );
     fails(
         &["build", "--input", &at("docs.parquet"), "--vector", "vec", "--factory", "IVF2,Flat", "-o", &out],
-        "no column \"vec\"",
+        "No field named vec",
     );
     assert!(!FsPath::new(&out).exists());
     // The output's folder cannot be made: the upload fails before anything is visible.

@@ -157,7 +157,7 @@ pub async fn run(args: DemoArgs) -> CliResult {
 
     if args.sql_queries > 0 {
         let nq = args.sql_queries.min(test.len() / d);
-        super::sql::run(&table, &index_file, &test[..nq * d], test_labels[0], d, args.k, args.nprobe).await?;
+        super::sql::run(&table, &index_file, &test[..nq * d], &test_labels, d, args.k, args.nprobe).await?;
     }
     println!(
         "done        in {:.1} s ({:.1} s after the build)",

@@ -114,10 +114,11 @@ fn io_line(plan: &Arc<dyn ExecutionPlan>) -> Option<String> {
         total
     };
     let lists = sum("lists_probed")?;
-    let (gets, bytes, hits) = (sum("gets")?, sum("bytes_fetched")?, sum("cache_hits")?);
-    let exact = sum("brute_force")?;
-    Some(if exact > 0 {
-        format!("io: filter left few rows, ranked exactly ({} rows)", sum("rows_reranked")?)
+    let (gets, bytes, hits, mapped) = (sum("gets")?, sum("bytes_fetched")?, sum("cache_hits")?, sum("bytes_mapped")?);
+    Some(if sum("brute_force")? > 0 {
+        format!("io: the filter left few rows; {} ranked exactly, no list probed", sum("rows_reranked")?)
+    } else if mapped > 0 {
+        format!("io: {lists} lists probed, {} read from the memory-mapped file", HumanBytes(mapped as u64))
     } else {
         format!("io: {lists} lists probed, {gets} GETs, {} fetched, {hits} cache hits", HumanBytes(bytes as u64))
     })

@@ -56,7 +56,7 @@ pub async fn run(
     table: &FsPath,
     index: &FsPath,
     queries: &[f32],
-    label: u8,
+    labels: &[u8],
     d: usize,
     k: usize,
     nprobe: usize,
@@ -76,16 +76,26 @@ pub async fn run(
 
     let vector = literal(&queries[..d]);
     let plain = format!("SELECT id, label, vec_distance(embedding, {vector}) AS d FROM fmnist ORDER BY d LIMIT {k}");
-    let filtered = plain.replace("ORDER BY", &format!("WHERE label = {label} ORDER BY"));
-    for sql in [plain.clone(), filtered, format!("EXPLAIN ANALYZE {plain}")] {
+    let filtered = plain.replace("ORDER BY", &format!("WHERE label = {} ORDER BY", labels[0]));
+    for sql in [plain.clone(), filtered] {
         println!("\n> {};", abbreviate(&sql));
-        print!("{}", abbreviate(&execute(&ctx, &sql).await?));
+        print!("{}", execute(&ctx, &sql).await?);
+    }
+    // The plan as text, not as a table padded to its longest (vector-literal) line.
+    let explain = format!("EXPLAIN ANALYZE {plain}");
+    println!("\n> {};", abbreviate(&explain));
+    for batch in ctx.sql(&explain).await?.collect().await? {
+        for plan in batch.column(1).as_string::<i32>().iter().flatten() {
+            println!("{}", abbreviate(plan).trim_end());
+        }
     }
     println!();
 
-    for filter in [String::new(), format!("WHERE label = {label}")] {
+    for own_label in [false, true] {
         let (mut indexed, mut exact) = (Plan::default(), Plan::default());
-        for q in queries.chunks(d) {
+        let filter = if own_label { "WHERE label = <the query's label>" } else { "" };
+        for (q, label) in queries.chunks(d).zip(labels) {
+            let filter = if own_label { format!("WHERE label = {label}") } else { String::new() };
             let sql =
                 format!("SELECT id FROM fmnist {filter} ORDER BY vec_distance(embedding, {}) LIMIT {k}", literal(q));
             for (plan, enabled) in [(&mut indexed, true), (&mut exact, false)] {

@@ -164,6 +164,7 @@ struct Counts {
     codes_scanned: Count,
     gets: Count,
     bytes_fetched: Count,
+    bytes_mapped: Count,
     cache_hits: Count,
     candidates: Count,
     base_rows_read: Count,
@@ -183,6 +184,7 @@ impl Counts {
             codes_scanned: c("codes_scanned"),
             gets: c("gets"),
             bytes_fetched: c("bytes_fetched"),
+            bytes_mapped: c("bytes_mapped"),
             cache_hits: c("cache_hits"),
             candidates: c("candidates"),
             base_rows_read: c("base_rows_read"),
@@ -197,6 +199,7 @@ impl Counts {
         self.codes_scanned.add(s.codes_scanned as usize);
         self.gets.add(s.fetch.gets as usize);
         self.bytes_fetched.add(s.fetch.bytes as usize);
+        self.bytes_mapped.add(s.fetch.bytes_mapped as usize);
         self.cache_hits.add(s.fetch.cache_hits as usize);
     }
 }
