@@ -152,6 +152,7 @@ async fn fixtures() -> Arc<dyn ObjectStore> {
     let docs = Docs::new(20_000, 8, 5);
     docs.write(store.as_ref(), "docs", "l2", "IVF16,Flat", Metric::L2).await;
     docs.write(store.as_ref(), "docs", "ip", "IVF16,Flat", Metric::InnerProduct).await;
+    docs.write(store.as_ref(), "docs", "sq8", "IVF16,SQ8", Metric::L2).await;
     let unit = Docs { normalized: true, ..Docs::new(2_000, 8, 6) };
     unit.write(store.as_ref(), "unit", "ip", "IVF8,Flat", Metric::InnerProduct).await;
     let lists = Docs { variable_lists: true, ..Docs::new(2_000, 8, 7) };

@@ -11,7 +11,8 @@ extensions_options! {
         /// Lists probed per query (FAISS `nprobe`); raised automatically when fewer
         /// than k rows were found.
         pub nprobe: usize, default = 16
-        /// The index scan returns k × refine_factor candidates, re-ranked exactly.
+        /// The index scan returns k × refine_factor candidates, re-ranked exactly. An
+        /// IVF-Flat index's distances are already exact, so it returns k.
         pub refine_factor: usize, default = 4
         /// List-cache budget in MiB of each index opened from an object store.
         pub cache_mb: usize, default = 256

@@ -20,7 +20,7 @@ use super::config::FaissConfig;
 use super::functions::literal_vector;
 use super::node::{IvfTopKNode, TopK};
 use super::table::VectorTable;
-use crate::Metric;
+use crate::{IndexInfo, Metric};
 
 #[derive(Debug, Default)]
 pub struct IvfTopKRule;
@@ -138,12 +138,19 @@ fn match_top_k(order: &SortExpr, input: &LogicalPlan, k: usize, settings: &Faiss
         k,
         function,
         nprobe: settings.nprobe.max(1),
-        refine: settings.refine_factor.max(1),
+        refine: if exact_codes(table.index_info()) { 1 } else { settings.refine_factor.max(1) },
         brute_force_fraction: settings.brute_force_fraction,
         cache_bytes: settings.cache_mb as u64 * 1024 * 1024,
         table,
     };
     Ok(Some(IvfTopKNode { spec, schema: scan.projected_schema.clone() }))
+}
+
+/// Whether the index stores the vectors themselves (IVF-Flat, no transform first), so its
+/// ranking is already the exact one and re-ranking more candidates changes nothing.
+fn exact_codes(info: &IndexInfo) -> bool {
+    info.description.split(',').next().is_some_and(|first| first.starts_with("IVF"))
+        && info.code_size == 4 * info.dimension
 }
 
 fn vector_table(scan: &TableScan) -> Option<Arc<VectorTable>> {
