@@ -122,9 +122,10 @@ pub async fn run(
     Ok(())
 }
 
+/// A query vector as a string literal: one literal to plan, not an expression per element.
 fn literal(v: &[f32]) -> String {
     let v: Vec<String> = v.iter().map(|x| x.to_string()).collect();
-    format!("[{}]", v.join(", "))
+    format!("'[{}]'", v.join(", "))
 }
 
 /// Long vector literals shortened to their first values and length, for the terminal.
