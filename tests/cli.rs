@@ -3,7 +3,7 @@
 
 mod common;
 
-use std::path::{Path as FsPath, PathBuf};
+use std::path::Path as FsPath;
 use std::process::{Command, Output};
 
 use common::tables::Docs;
@@ -169,14 +169,7 @@ async fn build_inspect_sql_on_s3() {
 }
 
 fn s3_env() -> Vec<(&'static str, String)> {
-    let var = |name: &str| {
-        let file = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".work/s3/env");
-        let text = std::fs::read_to_string(file).unwrap_or_default();
-        std::env::var(name)
-            .ok()
-            .or_else(|| text.lines().find_map(|l| l.strip_prefix(&format!("{name}=")).map(String::from)))
-            .unwrap_or_else(|| panic!("S3 test server not running ({name}): run scripts/test.sh"))
-    };
+    let var = common::s3_var;
     vec![
         ("AWS_ENDPOINT", var("DFF_S3_ENDPOINT")),
         ("AWS_ACCESS_KEY_ID", var("DFF_S3_KEY")),

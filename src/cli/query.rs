@@ -101,17 +101,19 @@ pub async fn execute(ctx: &SessionContext, sql: &str) -> CliResult<String> {
 
 /// The index scans' I/O, summed over the plan; `None` when no index was used.
 fn io_line(plan: &Arc<dyn ExecutionPlan>) -> Option<String> {
-    let sum = |name: &str| -> Option<usize> {
-        let mut total = None;
-        let mut stack = vec![plan.clone()];
-        while let Some(p) = stack.pop() {
-            if p.name() == "IvfTopKExec" {
-                let v = p.metrics().and_then(|m| m.sum_by_name(name)).map(|v| v.as_usize()).unwrap_or(0);
-                *total.get_or_insert(0) += v;
-            }
-            stack.extend(p.children().into_iter().cloned());
+    let mut scans = Vec::new();
+    let mut stack = vec![plan.clone()];
+    while let Some(p) = stack.pop() {
+        if p.name() == "IvfTopKExec" {
+            scans.extend(p.metrics());
         }
-        total
+        stack.extend(p.children().into_iter().cloned());
+    }
+    if scans.is_empty() {
+        return None;
+    }
+    let sum = |name: &str| -> Option<usize> {
+        Some(scans.iter().filter_map(|m| m.sum_by_name(name)).map(|v| v.as_usize()).sum())
     };
     let lists = sum("lists_probed")?;
     let (gets, bytes, hits, mapped) = (sum("gets")?, sum("bytes_fetched")?, sum("cache_hits")?, sum("bytes_mapped")?);

@@ -160,7 +160,7 @@ pub fn s3_bucket() -> String {
     s3_var("DFF_S3_BUCKET")
 }
 
-fn s3_var(name: &str) -> String {
+pub fn s3_var(name: &str) -> String {
     let env_file = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".work/s3/env");
     let from_file = std::fs::read_to_string(&env_file).unwrap_or_default();
     std::env::var(name)
