@@ -5,5 +5,5 @@ demo:
 	scripts/demo.sh
 test:
 	scripts/test.sh
-bench: setup
-	cargo bench
+bench:
+	scripts/bench.sh

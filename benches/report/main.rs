@@ -1,0 +1,312 @@
+//! The benchmark report: recall, I/O, latency and throughput of header-only search next
+//! to FAISS's own in-memory search, and of SQL through the index next to DataFusion's
+//! exact plan, on Fashion-MNIST and a synthetic 1M × 128 set.
+//!
+//! `cargo bench --bench report` (what `make bench` runs) measures everything and writes
+//! `.work/bench/report.{md,json,png}`. Run by `cargo test --all-targets` it is a smoke run
+//! on a tiny set that also checks the targets that do not depend on timing.
+
+#[path = "../../tests/common/mod.rs"]
+#[allow(dead_code)]
+mod common;
+
+mod cells;
+mod data;
+mod output;
+mod sql;
+mod wire;
+
+use std::path::{Path as FsPath, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use datafusion_faiss::{InMemoryIndex, IvfIndex};
+use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt, WriteMultipart};
+
+use cells::{Budget, Cell, Mode, Place, Reference};
+use data::{Source, Spec};
+use output::{RecallRow, Report};
+use sql::SqlBudget;
+use wire::Wire;
+
+struct Plan {
+    out: PathBuf,
+    specs: Vec<Spec>,
+    nprobes: Vec<usize>,
+    budget: Budget,
+    sql: SqlBudget,
+    /// The cell of the cold-latency target: data set and nprobe (IVF-Flat, 30 ms).
+    headline: (String, usize),
+}
+
+fn full() -> Plan {
+    let factories = |pq: &str| vec!["IVF1024,Flat".to_string(), "IVF1024,SQ8".into(), format!("IVF1024,{pq}")];
+    Plan {
+        out: root().join(".work/bench"),
+        specs: vec![
+            Spec {
+                name: "fashion-mnist".into(),
+                source: Source::FashionMnist,
+                factories: factories("PQ16np"),
+                train_rows: 65536,
+                nlist: 1024,
+                k: 10,
+            },
+            Spec {
+                name: "clustered-1m-128".into(),
+                source: Source::Clustered { n: 1_000_000, nq: 10_000, d: 128, centers: 1000, seed: 7 },
+                factories: factories("PQ16np"),
+                train_rows: 65536,
+                nlist: 1024,
+                k: 10,
+            },
+        ],
+        nprobes: vec![1, 2, 4, 8, 16, 32, 64],
+        budget: Budget {
+            max_queries: 400,
+            min_queries: 20,
+            sequential: Duration::from_millis(800),
+            concurrent: Duration::from_millis(300),
+        },
+        sql: SqlBudget { index: (40, Duration::from_secs(2)), exact: (10, Duration::from_secs(8)) },
+        headline: ("fashion-mnist".into(), 16),
+    }
+}
+
+fn smoke() -> Plan {
+    Plan {
+        out: root().join(".work/bench-smoke"),
+        specs: vec![Spec {
+            name: "clustered-4k-16".into(),
+            source: Source::Clustered { n: 4000, nq: 50, d: 16, centers: 40, seed: 7 },
+            factories: vec!["IVF32,Flat".into(), "IVF32,SQ8".into(), "IVF32,PQ4np".into()],
+            train_rows: 4000,
+            nlist: 32,
+            k: 10,
+        }],
+        nprobes: vec![1, 4],
+        budget: Budget {
+            max_queries: 8,
+            min_queries: 4,
+            sequential: Duration::from_millis(50),
+            concurrent: Duration::from_millis(20),
+        },
+        sql: SqlBudget { index: (3, Duration::ZERO), exact: (3, Duration::ZERO) },
+        headline: ("clustered-4k-16".into(), 4),
+    }
+}
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn main() {
+    // `cargo bench` passes --bench; `cargo test` runs bench targets without it.
+    let is_full = std::env::args().any(|a| a == "--bench");
+    let plan = if is_full { full() } else { smoke() };
+    let started = Instant::now();
+    std::fs::create_dir_all(&plan.out).unwrap();
+    let datasets: Vec<data::Dataset> = plan.specs.iter().map(|s| data::prepare(s, &plan.out)).collect();
+
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let s3 = common::s3_store();
+    let mut report = Report {
+        title: format!("datafusion-faiss benchmark report ({})", if is_full { "full" } else { "smoke" }),
+        setup: setup_lines(&plan, &datasets),
+        recall: Vec::new(),
+        cells: Vec::new(),
+        sql: Vec::new(),
+        headline: plan.headline.clone(),
+    };
+
+    for ds in &datasets {
+        for (factory, file) in &ds.indexes {
+            let size = std::fs::metadata(file).unwrap().len();
+            let key = Path::from(format!("bench/{}/{}", ds.name, file.file_name().unwrap().to_string_lossy()));
+            rt.block_on(upload(&s3, file, &key, size));
+            let places = [
+                Place::Local(file.clone()),
+                Place::Store { wire: Wire::new(s3.clone(), Duration::ZERO), path: key.clone(), label: "S3 +0 ms".into() },
+                Place::Store {
+                    wire: Wire::new(s3.clone(), Duration::from_millis(30)),
+                    path: key.clone(),
+                    label: "S3 +30 ms".into(),
+                },
+            ];
+            let base = Cell { dataset: ds.name.clone(), factory: factory.clone(), ..Default::default() };
+
+            // FAISS first, every query at every nprobe; then the whole file is dropped so
+            // ours is measured without it resident.
+            let faiss = InMemoryIndex::from_bytes(&std::fs::read(file).unwrap()).unwrap();
+            let mut faiss_ids = Vec::new();
+            for &nprobe in &plan.nprobes {
+                faiss_ids.push(faiss.search(&ds.queries, ds.k, nprobe).unwrap().0);
+            }
+            for (p, &nprobe) in plan.nprobes.iter().enumerate() {
+                let r = reference(ds, &faiss_ids[p]);
+                let cell = Cell { nprobe, mode: Mode::Faiss.name().into(), store: "memory".into(), ..base.clone() };
+                report.cells.push(cells::faiss_cell(&faiss, &r, nprobe, plan.budget, cell));
+            }
+            drop(faiss);
+
+            rt.block_on(async {
+                let index = IvfIndex::open_file(file).await.unwrap();
+                for (p, &nprobe) in plan.nprobes.iter().enumerate() {
+                    let ours = search_all(&index, &ds.queries, ds.d, ds.k, nprobe).await;
+                    report.recall.push(recall_row(ds, factory, nprobe, &ours, &faiss_ids[p]));
+                }
+            });
+            for (p, &nprobe) in plan.nprobes.iter().enumerate() {
+                let r = reference(ds, &faiss_ids[p]);
+                for place in &places {
+                    for mode in [Mode::Warm, Mode::ColdHeader, Mode::Fresh] {
+                        // A mapped file has no list cache: "header cached" would be warm again.
+                        if mode == Mode::ColdHeader && matches!(place, Place::Local(_)) {
+                            continue;
+                        }
+                        let cell =
+                            Cell { nprobe, mode: mode.name().into(), store: place.label(), ..base.clone() };
+                        let cell = rt.block_on(cells::our_cell(place, mode, &r, nprobe, size, plan.budget, cell));
+                        report.cells.push(cell);
+                    }
+                }
+            }
+            eprintln!("report: {} {factory} measured ({:.0} s so far)", ds.name, started.elapsed().as_secs_f64());
+        }
+        let (factory, file) = &ds.indexes[0];
+        report.sql.push(rt.block_on(sql::compare(ds, factory, file, 16.min(plan.nprobes[plan.nprobes.len() - 1]), &plan.sql)));
+    }
+
+    report.setup.push(format!("whole run: {:.0} s", started.elapsed().as_secs_f64()));
+    let md = report.markdown();
+    std::fs::write(plan.out.join("report.md"), &md).unwrap();
+    std::fs::write(plan.out.join("report.json"), report.json()).unwrap();
+    report.png(&plan.out.join("report.png")).unwrap();
+    let targets = md.split("\n## SQL").next().unwrap();
+    println!("{targets}\nreport: {}/report.{{md,json,png}}", plan.out.display());
+
+    if !is_full {
+        // Timing depends on the machine; these do not.
+        let targets = report.targets();
+        for t in &targets[..2] {
+            assert!(t.pass, "smoke: {}: {}", t.what, t.figure);
+        }
+        assert!(report.sql.iter().all(|r| r.recall_vs_exact > 0.0), "smoke: SQL through the index found nothing");
+    }
+}
+
+fn reference<'a>(ds: &'a data::Dataset, faiss_ids: &'a [i64]) -> Reference<'a> {
+    Reference { queries: &ds.queries, d: ds.d, k: ds.k, truth: &ds.truth, faiss_ids }
+}
+
+/// Every query through ours, in two halves searched at once (a scan is one thread).
+async fn search_all(index: &IvfIndex, queries: &[f32], d: usize, k: usize, nprobe: usize) -> Vec<i64> {
+    let half = queries.len() / d / 2 * d;
+    let (a, b) = queries.split_at(half.max(d));
+    let (a, b) = futures::join!(index.search(a, k, nprobe), async {
+        if b.is_empty() {
+            Vec::new()
+        } else {
+            index.search(b, k, nprobe).await.unwrap().ids
+        }
+    });
+    let mut ids = a.unwrap().ids;
+    ids.extend(b);
+    ids
+}
+
+fn recall_row(ds: &data::Dataset, factory: &str, nprobe: usize, ours: &[i64], faiss: &[i64]) -> RecallRow {
+    let k = ds.k;
+    let recall = |found: &[i64]| {
+        let hits: usize = found
+            .chunks(k)
+            .zip(ds.truth.chunks(k))
+            .map(|(f, t)| f.iter().filter(|id| t.contains(id)).count())
+            .sum();
+        hits as f64 / ds.truth.len() as f64
+    };
+    let same = ours.chunks(k).zip(faiss.chunks(k)).filter(|(a, b)| a == b).count();
+    RecallRow {
+        dataset: ds.name.clone(),
+        factory: factory.to_string(),
+        nprobe,
+        queries: ds.nq(),
+        faiss: recall(faiss),
+        ours: recall(ours),
+        same_ids: same as f64 / ds.nq() as f64,
+    }
+}
+
+/// Puts `file` at `key` unless an object of its size is there.
+async fn upload(store: &Arc<dyn ObjectStore>, file: &FsPath, key: &Path, size: u64) {
+    if store.head(key).await.is_ok_and(|m| m.size == size) {
+        return;
+    }
+    use std::io::Read;
+    let mut f = std::fs::File::open(file).unwrap();
+    let mut up = WriteMultipart::new_with_chunk_size(store.put_multipart(key).await.unwrap(), 16 << 20);
+    let mut buf = vec![0u8; 16 << 20];
+    loop {
+        let n = f.read(&mut buf).unwrap();
+        if n == 0 {
+            break;
+        }
+        up.wait_for_capacity(4).await.unwrap();
+        up.write(&buf[..n]);
+    }
+    up.finish().await.unwrap();
+}
+
+fn setup_lines(plan: &Plan, datasets: &[data::Dataset]) -> Vec<String> {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("model name").map(|v| v.trim_start_matches([' ', '\t', ':']).to_string()))
+        .unwrap_or_default();
+    let mem = std::fs::read_to_string("/proc/meminfo")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:").map(|v| v.trim().to_string()))
+        .unwrap_or_default();
+    let faiss = std::process::Command::new("dpkg-query")
+        .args(["-W", "-f", "${Version}", "libfaiss-dev"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    let mut lines = vec![
+        format!(
+            "machine: {} cores ({cpu}), {mem}; FAISS {faiss} (Debian libfaiss-dev), one build for every mode",
+            std::thread::available_parallelism().map_or(0, |n| n.get())
+        ),
+        format!(
+            "per cell: up to {} queries one after another (at least {}, stopping after {:?}), then {:?} at each concurrency; k = 10",
+            plan.budget.max_queries, plan.budget.min_queries, plan.budget.sequential, plan.budget.concurrent
+        ),
+        "stores: the local file (memory-mapped; the OS page cache is not dropped), SeaweedFS on 127.0.0.1 \
+         through object_store's S3 client, and the same with 30 ms added before every GET"
+            .into(),
+        "cold, header cached: the list cache is emptied before each query; under concurrency one query's \
+         emptying can drop lists another just fetched"
+            .into(),
+    ];
+    for ds in datasets {
+        let files: Vec<String> = ds
+            .indexes
+            .iter()
+            .map(|(f, p)| format!("{f} {:.1} MiB", std::fs::metadata(p).map_or(0, |m| m.len()) as f64 / (1 << 20) as f64))
+            .collect();
+        lines.push(format!(
+            "{}: {} × {} base, {} queries, exact neighbours cached; {}",
+            ds.name,
+            ds.n,
+            ds.d,
+            ds.nq(),
+            files.join(", ")
+        ));
+        for (what, secs) in &ds.build_secs {
+            lines.push(format!("{}: made {what} in {secs:.1} s", ds.name));
+        }
+    }
+    lines
+}

@@ -1,0 +1,384 @@
+//! The report: targets judged PASS/FAIL, tables in Markdown, every figure in JSON, and
+//! latency and recall against nprobe in a PNG.
+
+use std::fmt::Write as _;
+use std::path::Path as FsPath;
+
+use plotters::prelude::*;
+
+use crate::cells::{Cell, Mode, CONCURRENCY};
+use crate::sql::SqlRow;
+
+/// Recall over every query of a data set, FAISS in memory and ours (batched, local file).
+#[derive(Debug, Clone, Default)]
+pub struct RecallRow {
+    pub dataset: String,
+    pub factory: String,
+    pub nprobe: usize,
+    pub queries: usize,
+    pub faiss: f64,
+    pub ours: f64,
+    /// Queries whose ids equal FAISS's, rank by rank.
+    pub same_ids: f64,
+}
+
+pub struct Report {
+    pub title: String,
+    pub setup: Vec<String>,
+    pub recall: Vec<RecallRow>,
+    pub cells: Vec<Cell>,
+    pub sql: Vec<SqlRow>,
+    /// Data set and nprobe of the IVF-Flat cell at 30 ms that is the cold-latency target.
+    pub headline: (String, usize),
+}
+
+pub struct Target {
+    pub what: String,
+    pub figure: String,
+    pub pass: bool,
+}
+
+const SLOW: &str = "S3 +30 ms";
+const FAST: &str = "S3 +0 ms";
+
+impl Report {
+    fn cell(&self, dataset: &str, factory: &str, nprobe: usize, mode: Mode, store: &str) -> Option<&Cell> {
+        self.cells.iter().find(|c| {
+            c.dataset == dataset && c.factory == factory && c.nprobe == nprobe && c.mode == mode.name() && c.store == store
+        })
+    }
+
+    fn faiss(&self, c: &Cell) -> Option<&Cell> {
+        self.cell(&c.dataset, &c.factory, c.nprobe, Mode::Faiss, "memory")
+    }
+
+    pub fn targets(&self) -> Vec<Target> {
+        let mut out = Vec::new();
+        let of = |mode: Mode| self.cells.iter().filter(move |c| c.mode == mode.name());
+
+        let worst = self.recall.iter().map(|r| r.same_ids).chain(self.cells.iter().map(|c| c.same_ids)).fold(1.0, f64::min);
+        let queries: usize = self.recall.iter().map(|r| r.queries).sum();
+        out.push(Target {
+            what: "recall@10 identical to FAISS in memory at every nprobe (same ids)".into(),
+            figure: format!(
+                "same ids in {:.4} of queries at worst ({} index × nprobe rows, {queries} query searches, and every cell)",
+                worst,
+                self.recall.len()
+            ),
+            pass: worst == 1.0 && !self.recall.is_empty(),
+        });
+
+        let cold: Vec<&Cell> = of(Mode::ColdHeader).filter(|c| c.store.starts_with("S3")).collect();
+        let trips = cold.iter().map(|c| c.max_round_trips).max().unwrap_or(0);
+        let over = cold.iter().filter(|c| c.max_gets > c.nprobe as u64).count();
+        let ratio = cold.iter().map(|c| c.fetched_over_probed).fold(0.0, f64::max);
+        out.push(Target {
+            what: "cold, header cached: 1 round trip, GETs ≤ nprobe, bytes ≤ 1.05 × probed lists".into(),
+            figure: format!(
+                "worst query over {} cells: {trips} round trip(s); {over} cells with a query over nprobe GETs; bytes {ratio:.3} × probed",
+                cold.len()
+            ),
+            pass: !cold.is_empty() && trips == 1 && over == 0 && ratio <= 1.05,
+        });
+
+        for mode in [Mode::ColdHeader, Mode::Fresh] {
+            let (ds, nprobe) = &self.headline;
+            let c = self.cell(ds, &flat(&self.cells, ds), *nprobe, mode, SLOW);
+            out.push(Target {
+                what: format!("{}, {ds} IVF-Flat nprobe {nprobe}, {SLOW}: p50 ≤ 75 ms", mode.name()),
+                figure: c.map_or("not measured".into(), |c| format!("p50 {:.1} ms (p99 {:.1} ms)", c.p50_ms, c.p99_ms)),
+                pass: c.is_some_and(|c| c.p50_ms <= 75.0),
+            });
+        }
+
+        for store in ["local file", FAST] {
+            let ratios: Vec<(f64, &Cell)> =
+                of(Mode::Warm).filter(|c| c.store == store).filter_map(|c| Some((c.p50_ms / self.faiss(c)?.p50_ms, c))).collect();
+            let passing = ratios.iter().filter(|(r, _)| *r <= 1.2).count();
+            let worst = ratios.iter().max_by(|a, b| a.0.total_cmp(&b.0));
+            out.push(Target {
+                what: format!("warm ({store}) p50 ≤ 1.2 × FAISS in memory at the same nprobe"),
+                figure: match worst {
+                    Some((r, c)) => format!(
+                        "{passing} of {} cells pass; worst {r:.2}× ({} {} nprobe {}: {:.3} vs {:.3} ms)",
+                        ratios.len(),
+                        c.dataset,
+                        c.factory,
+                        c.nprobe,
+                        c.p50_ms,
+                        c.p50_ms / r
+                    ),
+                    None => "not measured".into(),
+                },
+                pass: !ratios.is_empty() && passing == ratios.len(),
+            });
+        }
+
+        for row in &self.sql {
+            let goal = if row.dataset.starts_with("fashion") { 20.0 } else { 200.0 };
+            out.push(Target {
+                what: format!("SQL top-10 on {}: index plan ≥ {goal} × faster than the exact plan", row.dataset),
+                figure: format!(
+                    "{:.1}× ({:.1} ms vs {:.1} ms p50; recall@10 vs exact plan {:.3})",
+                    row.speedup, row.index_p50_ms, row.exact_p50_ms, row.recall_vs_exact
+                ),
+                pass: row.speedup >= goal,
+            });
+        }
+
+        for store in ["local file", FAST] {
+            let warm: Vec<&Cell> = of(Mode::Warm).filter(|c| c.store == store).collect();
+            let scale = |c: &Cell| c.qps[1] / c.qps[0];
+            let passing = warm.iter().filter(|c| scale(c) >= 1.8).count();
+            let worst = warm.iter().min_by(|a, b| scale(a).total_cmp(&scale(b)));
+            let (ds, nprobe) = &self.headline;
+            let head = warm.iter().find(|c| c.dataset == *ds && c.factory.ends_with(",Flat") && c.nprobe == *nprobe);
+            out.push(Target {
+                what: format!("warm ({store}) throughput at concurrency 4 ≥ 1.8 × single query"),
+                figure: match (worst, head) {
+                    (Some(w), Some(h)) => format!(
+                        "{passing} of {} cells pass; {ds} IVF-Flat nprobe {nprobe}: {:.2}×; worst {:.2}× ({} {} nprobe {})",
+                        warm.len(),
+                        scale(h),
+                        scale(w),
+                        w.dataset,
+                        w.factory,
+                        w.nprobe
+                    ),
+                    _ => "not measured".into(),
+                },
+                pass: !warm.is_empty() && passing == warm.len(),
+            });
+        }
+        out
+    }
+
+    pub fn markdown(&self) -> String {
+        let mut md = String::new();
+        let _ = writeln!(md, "# {}\n", self.title);
+        for line in &self.setup {
+            let _ = writeln!(md, "- {line}");
+        }
+        let _ = writeln!(md, "\n## Targets\n\n| target | measured | |\n|---|---|---|");
+        for t in self.targets() {
+            let _ = writeln!(md, "| {} | {} | **{}** |", t.what, t.figure, if t.pass { "PASS" } else { "FAIL" });
+        }
+
+        let _ = writeln!(md, "\n## SQL: `ORDER BY vec_distance(embedding, '[...]') LIMIT 10`\n");
+        let _ = writeln!(
+            md,
+            "| data | index | nprobe | index plan p50 | exact plan p50 | speedup | recall vs exact plan | recall vs truth | queries (index / exact) |\n|---|---|---|---|---|---|---|---|---|"
+        );
+        for r in &self.sql {
+            let _ = writeln!(
+                md,
+                "| {} | {} | {} | {:.1} ms | {:.1} ms | {:.1}× | {:.3} | {:.3} | {} / {} |",
+                r.dataset,
+                r.factory,
+                r.nprobe,
+                r.index_p50_ms,
+                r.exact_p50_ms,
+                r.speedup,
+                r.recall_vs_exact,
+                r.recall_vs_truth,
+                r.index_queries,
+                r.exact_queries
+            );
+        }
+
+        let _ = writeln!(md, "\n## Recall@10 over all queries\n");
+        let _ = writeln!(md, "| data | index | nprobe | queries | FAISS in memory | ours | same ids |\n|---|---|---|---|---|---|---|");
+        for r in &self.recall {
+            let _ = writeln!(
+                md,
+                "| {} | {} | {} | {} | {:.4} | {:.4} | {:.4} |",
+                r.dataset, r.factory, r.nprobe, r.queries, r.faiss, r.ours, r.same_ids
+            );
+        }
+
+        let _ = writeln!(md, "\n## Cells\n");
+        let _ = writeln!(
+            md,
+            "Latency from queries run one after another; QPS at concurrency {:?}; I/O per query \
+             (a fresh open's header included); bytes ÷ probed: what a search fetched over the size of the \
+             lists it probed, worst query; RSS: the process's peak while the cell ran.\n",
+            CONCURRENCY
+        );
+        let _ = writeln!(
+            md,
+            "| data | index | nprobe | mode | store | queries | same ids | recall | p50 ms | p99 ms | QPS ×1 | QPS ×4 | QPS ×16 | GETs | round trips | KiB | bytes ÷ probed | peak RSS MiB |\n|{}",
+            "---|".repeat(18)
+        );
+        for c in &self.cells {
+            let _ = writeln!(
+                md,
+                "| {} | {} | {} | {} | {} | {} | {:.3} | {:.4} | {:.3} | {:.3} | {:.0} | {:.0} | {:.0} | {:.1} | {:.2} | {:.0} | {:.3} | {:.0} |",
+                c.dataset,
+                c.factory,
+                c.nprobe,
+                c.mode,
+                c.store,
+                c.queries,
+                c.same_ids,
+                c.recall,
+                c.p50_ms,
+                c.p99_ms,
+                c.qps[0],
+                c.qps[1],
+                c.qps[2],
+                c.gets,
+                c.round_trips,
+                c.bytes / 1024.0,
+                c.fetched_over_probed,
+                c.peak_rss_mib
+            );
+        }
+        md
+    }
+
+    pub fn json(&self) -> String {
+        let s = |v: &str| format!("\"{}\"", v.replace('\\', "\\\\").replace('"', "\\\""));
+        let f = |v: f64| if v.is_finite() { format!("{v}") } else { "null".into() };
+        let mut j = format!("{{\"title\":{},\"setup\":[", s(&self.title));
+        j += &self.setup.iter().map(|l| s(l)).collect::<Vec<_>>().join(",");
+        j += "],\"targets\":[";
+        j += &self
+            .targets()
+            .iter()
+            .map(|t| format!("{{\"target\":{},\"measured\":{},\"pass\":{}}}", s(&t.what), s(&t.figure), t.pass))
+            .collect::<Vec<_>>()
+            .join(",");
+        j += "],\"sql\":[";
+        j += &self
+            .sql
+            .iter()
+            .map(|r| {
+                format!(
+                    "{{\"dataset\":{},\"index\":{},\"nprobe\":{},\"index_p50_ms\":{},\"exact_p50_ms\":{},\"speedup\":{},\"recall_vs_exact\":{},\"recall_vs_truth\":{},\"index_queries\":{},\"exact_queries\":{}}}",
+                    s(&r.dataset), s(&r.factory), r.nprobe, f(r.index_p50_ms), f(r.exact_p50_ms), f(r.speedup),
+                    f(r.recall_vs_exact), f(r.recall_vs_truth), r.index_queries, r.exact_queries
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(",");
+        j += "],\"recall\":[";
+        j += &self
+            .recall
+            .iter()
+            .map(|r| {
+                format!(
+                    "{{\"dataset\":{},\"index\":{},\"nprobe\":{},\"queries\":{},\"faiss\":{},\"ours\":{},\"same_ids\":{}}}",
+                    s(&r.dataset), s(&r.factory), r.nprobe, r.queries, f(r.faiss), f(r.ours), f(r.same_ids)
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(",");
+        j += "],\"cells\":[";
+        j += &self
+            .cells
+            .iter()
+            .map(|c| {
+                format!(
+                    "{{\"dataset\":{},\"index\":{},\"nprobe\":{},\"mode\":{},\"store\":{},\"queries\":{},\"same_ids\":{},\"recall\":{},\"p50_ms\":{},\"p99_ms\":{},\"qps\":{{{}}},\"gets\":{},\"max_gets\":{},\"round_trips\":{},\"max_round_trips\":{},\"bytes\":{},\"fetched_over_probed\":{},\"peak_rss_mib\":{}}}",
+                    s(&c.dataset), s(&c.factory), c.nprobe, s(&c.mode), s(&c.store), c.queries, f(c.same_ids),
+                    f(c.recall), f(c.p50_ms), f(c.p99_ms),
+                    CONCURRENCY.iter().zip(&c.qps).map(|(n, q)| format!("\"{n}\":{}", f(*q))).collect::<Vec<_>>().join(","),
+                    f(c.gets), c.max_gets, f(c.round_trips), c.max_round_trips, f(c.bytes), f(c.fetched_over_probed),
+                    f(c.peak_rss_mib)
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(",");
+        j + "]}\n"
+    }
+
+    /// Per data set: p50 latency against nprobe (IVF-Flat, each mode and store), and
+    /// recall against nprobe (each index, FAISS and ours).
+    pub fn png(&self, file: &FsPath) -> Result<(), Box<dyn std::error::Error>> {
+        let font = std::fs::read("/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf")
+            .map_err(|e| format!("/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf: {e} (install fonts-dejavu-core)"))?;
+        plotters::style::register_font("sans-serif", FontStyle::Normal, Box::leak(font.into_boxed_slice()))
+            .map_err(|_| "DejaVuSans.ttf is not a font")?;
+        let mut datasets: Vec<&str> = self.recall.iter().map(|r| r.dataset.as_str()).collect();
+        datasets.dedup();
+        let root = BitMapBackend::new(file, (1600, 560 * datasets.len() as u32)).into_drawing_area();
+        root.fill(&WHITE)?;
+        let rows = root.split_evenly((datasets.len(), 2));
+        let nprobes: Vec<usize> = {
+            let mut v: Vec<usize> = self.recall.iter().map(|r| r.nprobe).collect();
+            v.sort();
+            v.dedup();
+            v
+        };
+        let x_range = (nprobes[0] as f64 * 0.9)..(nprobes[nprobes.len() - 1] as f64 * 1.1);
+        for (i, ds) in datasets.iter().enumerate() {
+            let factory = flat(&self.cells, ds);
+            let series: Vec<(String, Vec<(f64, f64)>)> = self
+                .cells
+                .iter()
+                .filter(|c| c.dataset == *ds && c.factory == factory)
+                .fold(Vec::<(String, Vec<(f64, f64)>)>::new(), |mut acc, c| {
+                    let name = if c.mode == Mode::Faiss.name() { c.mode.clone() } else { format!("{}, {}", c.mode, c.store) };
+                    match acc.iter_mut().find(|(n, _)| *n == name) {
+                        Some((_, pts)) => pts.push((c.nprobe as f64, c.p50_ms)),
+                        None => acc.push((name, vec![(c.nprobe as f64, c.p50_ms)])),
+                    }
+                    acc
+                });
+            let (lo, hi) = series
+                .iter()
+                .flat_map(|(_, p)| p.iter().map(|&(_, y)| y))
+                .fold((f64::MAX, 0f64), |(lo, hi), y| (lo.min(y), hi.max(y)));
+            let mut chart = ChartBuilder::on(&rows[2 * i])
+                .caption(format!("{ds}, {factory}: p50 latency per query"), ("sans-serif", 22))
+                .margin(12)
+                .x_label_area_size(40)
+                .y_label_area_size(60)
+                .build_cartesian_2d(x_range.clone().log_scale(), ((lo * 0.8).max(1e-3)..hi * 1.25).log_scale())?;
+            chart.configure_mesh().x_desc("nprobe").y_desc("ms").draw()?;
+            for (j, (name, pts)) in series.iter().enumerate() {
+                let color = Palette99::pick(j).to_rgba();
+                chart
+                    .draw_series(LineSeries::new(pts.clone(), color.stroke_width(2)))?
+                    .label(name.as_str())
+                    .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2)));
+            }
+            chart.configure_series_labels().position(SeriesLabelPosition::UpperLeft).background_style(WHITE.mix(0.85)).border_style(BLACK).draw()?;
+
+            let mut chart = ChartBuilder::on(&rows[2 * i + 1])
+                .caption(format!("{ds}: recall@10 vs exact search"), ("sans-serif", 22))
+                .margin(12)
+                .x_label_area_size(40)
+                .y_label_area_size(60)
+                .build_cartesian_2d(x_range.clone().log_scale(), 0f64..1.02)?;
+            chart.configure_mesh().x_desc("nprobe").y_desc("recall@10").draw()?;
+            let mut factories: Vec<&str> =
+                self.recall.iter().filter(|r| r.dataset == *ds).map(|r| r.factory.as_str()).collect();
+            factories.dedup();
+            for (j, f) in factories.iter().enumerate() {
+                let rows: Vec<&RecallRow> = self.recall.iter().filter(|r| r.dataset == *ds && r.factory == *f).collect();
+                let color = Palette99::pick(j).to_rgba();
+                chart
+                    .draw_series(LineSeries::new(rows.iter().map(|r| (r.nprobe as f64, r.faiss)), color.stroke_width(2)))?
+                    .label(format!("{f}, FAISS in memory"))
+                    .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2)));
+                chart
+                    .draw_series(rows.iter().map(|r| Circle::new((r.nprobe as f64, r.ours), 5, color.stroke_width(2))))?
+                    .label(format!("{f}, ours"))
+                    .legend(move |(x, y)| Circle::new((x + 10, y), 5, color.stroke_width(2)));
+            }
+            chart.configure_series_labels().position(SeriesLabelPosition::LowerRight).background_style(WHITE.mix(0.85)).border_style(BLACK).draw()?;
+        }
+        root.present()?;
+        Ok(())
+    }
+}
+
+/// The data set's IVF-Flat factory string.
+fn flat(cells: &[Cell], dataset: &str) -> String {
+    cells
+        .iter()
+        .find(|c| c.dataset == dataset && c.factory.ends_with(",Flat"))
+        .map(|c| c.factory.clone())
+        .unwrap_or_default()
+}
