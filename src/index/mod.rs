@@ -279,7 +279,7 @@ impl IvfIndex {
         let (lists, coarse, transformed) = {
             let queries = queries.clone();
             let transformed_len = if self.transforms { n * self.d_ivf } else { 0 };
-            tokio::task::spawn_blocking(move || {
+            off_runtime(move || {
                 let mut lists = vec![0i64; n * nprobe];
                 let mut coarse = vec![0f32; n * nprobe];
                 let mut transformed = vec![0f32; transformed_len];
@@ -288,7 +288,6 @@ impl IvfIndex {
                     .map(|()| (lists, coarse, transformed))
             })
             .await
-            .expect("quantizer task panicked")
             .map_err(|e| Error::faiss(context(), e))?
         };
 
@@ -302,7 +301,7 @@ impl IvfIndex {
         let (data, fetched) = self.fetcher.fetch(&needed).await?;
 
         let inner = self.inner.clone();
-        let scanned = tokio::task::spawn_blocking(move || {
+        let scanned = off_runtime(move || {
             let views: Vec<bridge::ListBytes> = data
                 .iter()
                 .map(|(list, bytes): &(usize, Bytes)| bridge::ListBytes { list_no: *list as i64, bytes })
@@ -316,8 +315,7 @@ impl IvfIndex {
                 .scan(x, k, nprobe, &lists, &coarse, &views, filtered, allowed, &mut distances, &mut ids)
                 .map(|s| (distances, ids, s))
         })
-        .await
-        .expect("scan task panicked");
+        .await;
         let (distances, ids, scan) = scanned.map_err(|e| Error::faiss(context(), e))?;
         Ok(SearchResult {
             k,
@@ -325,6 +323,18 @@ impl IvfIndex {
             distances,
             stats: SearchStats { lists_probed: needed.len() as u64, codes_scanned: scan.codes_scanned, fetch: fetched },
         })
+    }
+}
+
+/// Runs FAISS work where it does not stall the runtime's workers: in place on a
+/// multi-threaded runtime (the worker's other tasks move to another thread, and the query
+/// waits for no thread hand-off), else on the blocking pool.
+async fn off_runtime<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> T {
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    if Handle::current().runtime_flavor() == RuntimeFlavor::MultiThread {
+        tokio::task::block_in_place(work)
+    } else {
+        tokio::task::spawn_blocking(work).await.expect("FAISS task panicked")
     }
 }
 
