@@ -152,21 +152,17 @@ pub fn faiss_cell(index: &InMemoryIndex, r: &Reference, nprobe: usize, budget: B
     cell.qps = CONCURRENCY
         .iter()
         .map(|&c| {
-            let next = AtomicUsize::new(0);
-            let deadline = Instant::now() + budget.concurrent;
-            let t = Instant::now();
+            let pull = Pull::new(c, budget.concurrent);
             std::thread::scope(|s| {
                 for _ in 0..c {
-                    s.spawn(|| loop {
-                        let i = next.fetch_add(1, Ordering::Relaxed);
-                        if i >= 2 * c && Instant::now() >= deadline {
-                            break;
+                    s.spawn(|| {
+                        while let Some(i) = pull.take() {
+                            index.search(r.query(i % n), r.k, nprobe).unwrap();
                         }
-                        index.search(r.query(i % n), r.k, nprobe).unwrap();
                     });
                 }
             });
-            (next.load(Ordering::Relaxed) - c) as f64 / t.elapsed().as_secs_f64()
+            pull.rate()
         })
         .collect();
     finish(&mut cell, r, &ids, &mut times);
@@ -226,23 +222,18 @@ pub async fn our_cell(
     (cell.max_gets, cell.max_round_trips, cell.fetched_over_probed) = (gets, trips, ratio);
 
     let count = ids.len();
+    let queries: Arc<[f32]> = r.queries[..count * r.d].into();
+    let (d, k) = (r.d, r.k);
     let mut qps = Vec::new();
     for c in CONCURRENCY {
-        let next = Arc::new(AtomicUsize::new(0));
-        let deadline = Instant::now() + budget.concurrent;
-        let t = Instant::now();
+        let pull = Arc::new(Pull::new(c, budget.concurrent));
         let tasks: Vec<_> = (0..c)
             .map(|_| {
-                let (next, index, place) = (next.clone(), index.clone(), place.clone());
-                let queries: Vec<Vec<f32>> = (0..count).map(|i| r.query(i).to_vec()).collect();
-                let k = r.k;
+                let (pull, index, place, queries) = (pull.clone(), index.clone(), place.clone(), queries.clone());
                 tokio::spawn(async move {
-                    loop {
-                        let i = next.fetch_add(1, Ordering::Relaxed);
-                        if i >= 2 * c && Instant::now() >= deadline {
-                            break;
-                        }
-                        one_query(&place, &index, mode, &queries[i % count], k, nprobe, cache_budget).await;
+                    while let Some(i) = pull.take() {
+                        let q = &queries[(i % count) * d..(i % count + 1) * d];
+                        one_query(&place, &index, mode, q, k, nprobe, cache_budget).await;
                     }
                 })
             })
@@ -250,7 +241,7 @@ pub async fn our_cell(
         for t in tasks {
             t.await.unwrap();
         }
-        qps.push((next.load(Ordering::Relaxed) - c) as f64 / t.elapsed().as_secs_f64());
+        qps.push(pull.rate());
     }
     cell.qps = qps;
     finish(&mut cell, r, &ids, &mut times);
@@ -282,6 +273,31 @@ async fn one_query(
             (index.search(q, k, nprobe).await.unwrap(), 0)
         }
         Mode::Warm | Mode::Faiss => (index.search(q, k, nprobe).await.unwrap(), 0),
+    }
+}
+
+/// Hands query numbers to `c` workers until the time is up (and each had two).
+struct Pull {
+    next: AtomicUsize,
+    workers: usize,
+    started: Instant,
+    deadline: Instant,
+}
+
+impl Pull {
+    fn new(workers: usize, time: Duration) -> Pull {
+        let started = Instant::now();
+        Pull { next: AtomicUsize::new(0), workers, started, deadline: started + time }
+    }
+
+    fn take(&self) -> Option<usize> {
+        let i = self.next.fetch_add(1, Ordering::Relaxed);
+        (i < 2 * self.workers || Instant::now() < self.deadline).then_some(i)
+    }
+
+    /// Queries per second completed; each worker's last `take` got no query.
+    fn rate(&self) -> f64 {
+        (self.next.load(Ordering::Relaxed) - self.workers) as f64 / self.started.elapsed().as_secs_f64()
     }
 }
 

@@ -153,7 +153,6 @@ fn build_index(file: &FsPath, base: &[f32], d: usize, factory: &str, train_rows:
         builder.add(x, ids).unwrap();
     }
     let tmp = file.with_extension("faiss.tmp");
-    std::fs::write(&tmp, b"").unwrap();
     let store: Arc<dyn ObjectStore> = Arc::new(LocalFileSystem::new());
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     rt.block_on(builder.write(store, &Path::from_absolute_path(std::path::absolute(&tmp).unwrap()).unwrap()))
