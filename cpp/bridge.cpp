@@ -157,9 +157,19 @@ struct Unwrapped {
     std::string description;
 };
 
-std::string describe_transform(const faiss::VectorTransform* vt) {
+// `pq_m`: subquantizers of the IVF-PQ the chain feeds (0 if none). FAISS writes an
+// OPQMatrix as a plain LinearTransform (tag LTra) and reads it back as one, so an
+// orthonormal LinearTransform is named as the factory string that made it, OPQ<M>_<d>.
+std::string describe_transform(const faiss::VectorTransform* vt, size_t pq_m) {
     if (auto* opq = dynamic_cast<const faiss::OPQMatrix*>(vt)) {
         return "OPQ" + std::to_string(opq->M) + "_" + std::to_string(opq->d_out);
+    }
+    if (typeid(*vt) == typeid(faiss::LinearTransform)) {
+        auto* lt = static_cast<const faiss::LinearTransform*>(vt);
+        if (lt->is_orthonormal) {
+            return "OPQ" + (pq_m ? std::to_string(pq_m) : std::string()) + "_" + std::to_string(vt->d_out);
+        }
+        return "LinearTransform" + std::to_string(vt->d_in) + "_" + std::to_string(vt->d_out);
     }
     if (auto* pca = dynamic_cast<const faiss::PCAMatrix*>(vt)) {
         std::string s = "PCA";
@@ -188,9 +198,25 @@ std::string describe_sq(faiss::ScalarQuantizer::QuantizerType qt) {
     return "SQ?";
 }
 
+// Subquantizers of the product quantizer inside the wrappers, 0 if there is none.
+size_t inner_pq_m(const faiss::Index* cur) {
+    while (cur) {
+        if (auto* m = dynamic_cast<const faiss::IndexIDMap*>(cur)) {
+            cur = m->index;
+        } else if (auto* pt = dynamic_cast<const faiss::IndexPreTransform*>(cur)) {
+            cur = pt->index;
+        } else {
+            break;
+        }
+    }
+    auto* pq = dynamic_cast<const faiss::IndexIVFPQ*>(cur);
+    return pq ? pq->pq.M : 0;
+}
+
 Unwrapped unwrap(const faiss::Index* index) {
     Unwrapped u;
     std::vector<std::string> parts;
+    const size_t pq_m = inner_pq_m(index);
     const faiss::Index* cur = index;
     while (cur) {
         if (auto* m = dynamic_cast<const faiss::IndexIDMap*>(cur)) {
@@ -199,7 +225,7 @@ Unwrapped unwrap(const faiss::Index* index) {
             cur = m->index;
         } else if (auto* pt = dynamic_cast<const faiss::IndexPreTransform*>(cur)) {
             for (auto* vt : pt->chain) {
-                parts.push_back(describe_transform(vt));
+                parts.push_back(describe_transform(vt, pq_m));
                 u.chain.push_back(vt);
             }
             cur = pt->index;

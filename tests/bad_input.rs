@@ -239,3 +239,97 @@ impl ObjectStore for ShortReads {
         self.inner.copy_opts(from, to, options).await
     }
 }
+
+#[tokio::test]
+async fn idmap2_with_a_bad_ntotal_is_refused_naming_the_field() {
+    // FAISS 1.7.3's own read_index segfaults on every one of these.
+    let good = ivf_bytes("IDMap2,IVF16,Flat").await;
+    for ntotal in [-1i64, -2, -100, 1_000_000_000, 1 << 62, i64::MAX, i64::MIN] {
+        let mut bytes = good.clone();
+        bytes[8..16].copy_from_slice(&ntotal.to_le_bytes());
+        for err in [open_err(&bytes).await, datafusion_faiss::InMemoryIndex::from_bytes(&bytes).err().unwrap()] {
+            let Error::BadHeader { field, offset, value, .. } = &err else { panic!("ntotal {ntotal}: {err}") };
+            assert_eq!((field.as_str(), *offset), ("IDMap ntotal", 8), "{err}");
+            assert_eq!(value, &ntotal.to_string(), "{err}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn counts_beyond_the_object_are_refused_before_faiss_allocates() {
+    // The quantizer's centroid count (after tag, d, ntotal, 2 unused, is_trained, metric).
+    let good = ivf_bytes("IVF16,Flat").await;
+    let q = good.windows(4).position(|w| w == b"IxF2").unwrap() + 37;
+    for count in [1u64 << 40, u64::MAX] {
+        let mut bytes = good.clone();
+        bytes[q..q + 8].copy_from_slice(&count.to_le_bytes());
+        let err = open_err(&bytes).await;
+        let Error::BadHeader { field, offset, .. } = &err else { panic!("{err}") };
+        assert_eq!((field.as_str(), *offset), ("quantizer centroids length", q as u64), "{err}");
+    }
+    // A length FAISS would allocate, for bytes the object does not have.
+    for count in [1u64 << 39, 1 << 30] {
+        let mut bytes = good.clone();
+        bytes[q..q + 8].copy_from_slice(&count.to_le_bytes());
+        let err = open_err(&bytes).await;
+        let Error::Truncated { field, needed, .. } = &err else { panic!("{err}") };
+        assert!(field.contains(&format!("quantizer centroids (length {count} at offset {q})")), "{err}");
+        assert_eq!(needed.end - needed.start, 4 * count, "{err}");
+    }
+    // A product quantizer with M = 0 (FAISS divides by it).
+    let good = ivf_bytes("IVF16,PQ4x4").await;
+    let m = good.windows(4).position(|w| w == b"IwPQ").unwrap();
+    // PQ after: IVF header (37), nlist, nprobe, quantizer (37 + 8 + 16·16·4), direct map (1 + 8),
+    // by_residual, code_size, d; M is the next u64.
+    let at = m + 37 + 16 + 37 + 8 + 16 * 16 * 4 + 9 + 1 + 8 + 8;
+    assert_eq!(u64::from_le_bytes(good[at..at + 8].try_into().unwrap()), 4, "M of PQ4x4");
+    let mut bytes = good.clone();
+    bytes[at..at + 8].copy_from_slice(&0u64.to_le_bytes());
+    let err = open_err(&bytes).await;
+    assert!(err.to_string().contains("product quantizer M = 0"), "{err}");
+}
+
+#[tokio::test]
+async fn scalar_quantizers_of_newer_faiss_are_refused_at_open() {
+    // SQfp16 and bf16 share the layout (2 bytes a component, nothing trained): with the
+    // type field set to QT_bf16 (7) the file is what FAISS >= 1.9 writes for SQbf16.
+    let good = ivf_bytes("IVF16,SQfp16").await;
+    let q = good.windows(4).position(|w| w == b"IwSq").unwrap() + 37 + 16 + 37 + 8 + 16 * 16 * 4 + 9;
+    assert_eq!(i32::from_le_bytes(good[q..q + 4].try_into().unwrap()), 4, "QT_fp16");
+    for (qtype, name) in [(7i32, "SQbf16"), (8, "SQ8_direct_signed")] {
+        let mut bytes = good.clone();
+        bytes[q..q + 4].copy_from_slice(&qtype.to_le_bytes());
+        let err = open_err(&bytes).await;
+        let Error::Unsupported { type_name, .. } = &err else { panic!("{err}") };
+        assert!(type_name.contains(name), "{err}");
+    }
+}
+
+#[tokio::test]
+async fn opq_is_described_as_opq() {
+    let x = clustered(2000, D, 8, 15);
+    for (factory, description) in [("OPQ4_16,IVF16,PQ4x4", "OPQ4_16,IVF16,PQ4x4"), ("PCA8,IVF16,SQ8", "PCA8,IVF16,SQ8")]
+    {
+        let bytes = build_ours(&x, D, factory, Metric::L2).await;
+        let (store, path) = memory_store_with(&bytes, "opq.faiss").await;
+        let index = IvfIndex::open(store, &path).await.unwrap();
+        assert_eq!(index.info().description, description);
+    }
+}
+
+#[tokio::test]
+async fn local_paths_keep_their_leading_slash_in_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("docs.faiss");
+    let shown = file.display().to_string();
+    let err = IvfIndex::open_file(&file).await.unwrap_err();
+    assert!(err.to_string().starts_with(&format!("{shown}: ")), "{err}");
+    std::fs::write(&file, &ivf_bytes("IVF16,Flat").await[..500]).unwrap();
+    let err = IvfIndex::open_file(&file).await.unwrap_err();
+    assert!(err.to_string().starts_with(&format!("{shown}: ")), "{err}");
+    std::fs::write(&file, ivf_bytes("IVF16,Flat").await).unwrap();
+    let index = IvfIndex::open_file(&file).await.unwrap();
+    std::fs::write(&file, b"changed").unwrap();
+    let err = index.search(&clustered(1, D, 8, 16), 5, 4).await.unwrap_err();
+    assert!(err.to_string().starts_with(&format!("{shown}: ")), "{err}");
+}

@@ -20,9 +20,11 @@ async fn warm_search_is_served_from_cache() {
     let q = clustered(4, D, 12, 32);
     let cold = index.search(&q, 10, 8).await.unwrap();
     assert!(cold.stats.fetch.gets > 0);
+    assert_eq!(cold.stats.fetch.waves, 1, "{:?}", cold.stats);
     assert_eq!(cold.stats.fetch.cache_misses, cold.stats.lists_probed);
     let warm = index.search(&q, 10, 8).await.unwrap();
     assert_eq!(warm.stats.fetch.gets, 0);
+    assert_eq!(warm.stats.fetch.waves, 0);
     assert_eq!(warm.stats.fetch.cache_hits, warm.stats.lists_probed);
     assert_eq!(warm.stats.fetch.bytes_from_cache, cold.stats.fetch.bytes);
     assert_eq!(warm.ids, cold.ids);
@@ -65,4 +67,19 @@ async fn indexes_sharing_a_cache_do_not_mix_lists() {
         assert_same(&ia.search(&q, 10, 8).await.unwrap(), &reference(&a, &q, 10, 8), "a");
         assert_same(&ib.search(&q, 10, 8).await.unwrap(), &reference(&b, &q, 10, 8), "b");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waves_follow_the_in_flight_bound() {
+    let bytes = build_ours(&clustered(4000, D, 12, 37), D, "IVF64,Flat", Metric::L2).await;
+    let (store, path) = memory_store_with(&bytes, "waves.faiss").await;
+    let index =
+        IvfIndex::open_with(store, &path, OpenOptions { max_in_flight: 3, ..Default::default() }).await.unwrap();
+    assert_eq!(index.open_stats().waves, index.open_stats().gets);
+    let q = clustered(8, D, 12, 38);
+    let cold = index.search(&q, 10, 16).await.unwrap();
+    let f = cold.stats.fetch;
+    assert!(f.gets > 3, "{f:?}");
+    assert_eq!(f.waves, f.gets.div_ceil(3), "{f:?}");
+    assert_eq!(index.fetch_totals().waves, f.waves);
 }

@@ -179,3 +179,76 @@ async fn local_parquet_and_memory_mapped_index() {
     let read = metric(&ctx, &sql, "base_rows_read").await;
     assert!(read <= 40 * 64, "key lookup read {read} rows");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_index_of_other_ids_is_an_error_not_an_empty_answer() {
+    let dir = tempfile::tempdir().unwrap();
+    let docs = Docs::new(2_000, D, 44);
+    let table = dir.path().join("docs.parquet");
+    std::fs::write(&table, docs.parquet()).unwrap();
+    // The same vectors indexed under ids the table does not have.
+    let x = docs.vectors();
+    let mut b = datafusion_faiss::IvfIndexBuilder::new(D, "IVF8,Flat", Metric::L2).unwrap();
+    b.train(&x).unwrap();
+    b.add(&x, &(0..2_000).map(|i| 1_000_000 + i).collect::<Vec<i64>>()).unwrap();
+    let store: Arc<dyn ObjectStore> =
+        Arc::new(object_store::local::LocalFileSystem::new_with_prefix(dir.path()).unwrap());
+    b.write(store, &object_store::path::Path::from("other.faiss")).await.unwrap();
+    let ctx = SessionContext::new();
+    datafusion_faiss::sql::register_all(&ctx);
+    let index = dir.path().join("other.faiss");
+    create(&ctx, "docs", table.to_str().unwrap(), index.to_str().unwrap()).await;
+    let sql = format!("SELECT id FROM docs ORDER BY vec_distance(embedding, {}) LIMIT 10", query(0));
+    let err = ctx.sql(&sql).await.unwrap().collect().await.unwrap_err().to_string();
+    assert!(err.contains("index ids do not match key column 'id'"), "{err}");
+    assert!(err.contains("only 0 of them"), "{err}");
+    // The exact plan still answers.
+    ctx.sql("SET faiss.enabled = false").await.unwrap();
+    assert_eq!(ids(&ctx, &sql).await.len(), 10);
+}
+
+#[tokio::test]
+async fn replaced_functions_give_datafusions_values_to_the_bit() {
+    // DataFusion's own inner_product / cosine_distance / array_distance on a context
+    // without ours, against ours, on Float32 and Float64 columns and literals.
+    let theirs = SessionContext::new();
+    let ours = SessionContext::new();
+    datafusion_faiss::sql::register_all(&ours);
+    let mut rng = Rng(77);
+    let mut rows = Vec::new();
+    for _ in 0..200 {
+        let v: Vec<String> = (0..7).map(|_| format!("{:e}", rng.unit() as f64 * 1e3 / 7.0)).collect();
+        let w: Vec<String> = (0..7).map(|_| format!("{:e}", rng.unit() as f64 / 3.0)).collect();
+        rows.push(format!("([{}], [{}])", v.join(", "), w.join(", ")));
+    }
+    let table = format!(
+        "CREATE TABLE t AS SELECT column1 AS a64, column2 AS b64, \
+         arrow_cast(column1, 'List(Float32)') AS a32, arrow_cast(column2, 'FixedSizeList(7, Float32)') AS b32 \
+         FROM (VALUES {})",
+        rows.join(", ")
+    );
+    for ctx in [&theirs, &ours] {
+        ctx.sql(&table).await.unwrap().collect().await.unwrap();
+    }
+    for (f, theirs_f) in
+        [("inner_product", "inner_product"), ("cosine_distance", "cosine_distance"), ("vec_distance", "array_distance")]
+    {
+        for (a, b) in [("a64", "b64"), ("a32", "b32"), ("a32", "b64"), ("a64", "[0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7]")] {
+            let values = |ctx: &SessionContext, f: &str| {
+                let sql = format!("SELECT {f}({a}, {b}) FROM t");
+                let ctx = ctx.clone();
+                async move {
+                    let batches = ctx.sql(&sql).await.unwrap().collect().await.unwrap();
+                    batches
+                        .iter()
+                        .flat_map(|b| {
+                            b.column(0).as_primitive::<datafusion::arrow::datatypes::Float64Type>().values().to_vec()
+                        })
+                        .map(f64::to_bits)
+                        .collect::<Vec<u64>>()
+                }
+            };
+            assert_eq!(values(&ours, f).await, values(&theirs, theirs_f).await, "{f}({a}, {b})");
+        }
+    }
+}

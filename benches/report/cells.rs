@@ -97,8 +97,11 @@ pub struct Cell {
     pub qps: Vec<f64>,
     pub gets: f64,
     pub max_gets: u64,
+    /// Round trips seen on the wire (a busy machine can split a wave).
     pub round_trips: f64,
     pub max_round_trips: u64,
+    /// Waves of GETs the fetcher issued, per query: the round trips it decided on.
+    pub max_waves: u64,
     /// Bytes over the wire (or read from the map) per query, the open included.
     pub bytes: f64,
     /// Bytes the searches fetched ÷ bytes of the lists they probed (worst query).
@@ -140,9 +143,7 @@ pub fn faiss_cell(index: &InMemoryIndex, r: &Reference, nprobe: usize, budget: B
     let mut times = Vec::new();
     let mut ids = Vec::new();
     let started = Instant::now();
-    while ids.len() < budget.max_queries
-        && (ids.len() < budget.min_queries || started.elapsed() < budget.sequential)
-    {
+    while ids.len() < budget.max_queries && (ids.len() < budget.min_queries || started.elapsed() < budget.sequential) {
         let t = Instant::now();
         let (found, _) = index.search(r.query(ids.len()), r.k, nprobe).unwrap();
         times.push(t.elapsed());
@@ -191,11 +192,9 @@ pub async fn our_cell(
 
     let mut times = Vec::new();
     let mut ids = Vec::new();
-    let (mut traffic, mut gets, mut trips, mut ratio) = (Traffic::default(), 0, 0, 0f64);
+    let (mut traffic, mut gets, mut trips, mut waves, mut ratio) = (Traffic::default(), 0, 0, 0, 0f64);
     let started = Instant::now();
-    while ids.len() < budget.max_queries
-        && (ids.len() < budget.min_queries || started.elapsed() < budget.sequential)
-    {
+    while ids.len() < budget.max_queries && (ids.len() < budget.min_queries || started.elapsed() < budget.sequential) {
         let before = place.traffic();
         let t = Instant::now();
         let (result, opened) = one_query(place, &index, mode, r.query(ids.len()), r.k, nprobe, cache_budget).await;
@@ -207,6 +206,7 @@ pub async fn our_cell(
         traffic.round_trips += used.round_trips;
         traffic.bytes += used.bytes;
         let f = result.stats.fetch;
+        waves = waves.max(f.waves);
         if matches!(place, Place::Local(_)) {
             traffic.bytes += f.bytes_mapped + opened;
         }
@@ -219,7 +219,7 @@ pub async fn our_cell(
     let n = ids.len() as f64;
     (cell.gets, cell.round_trips, cell.bytes) =
         (traffic.gets as f64 / n, traffic.round_trips as f64 / n, traffic.bytes as f64 / n);
-    (cell.max_gets, cell.max_round_trips, cell.fetched_over_probed) = (gets, trips, ratio);
+    (cell.max_gets, cell.max_round_trips, cell.max_waves, cell.fetched_over_probed) = (gets, trips, waves, ratio);
 
     let count = ids.len();
     let queries: Arc<[f32]> = r.queries[..count * r.d].into();

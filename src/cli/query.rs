@@ -116,13 +116,18 @@ fn io_line(plan: &Arc<dyn ExecutionPlan>) -> Option<String> {
         Some(scans.iter().filter_map(|m| m.sum_by_name(name)).map(|v| v.as_usize()).sum())
     };
     let lists = sum("lists_probed")?;
-    let (gets, bytes, hits, mapped) = (sum("gets")?, sum("bytes_fetched")?, sum("cache_hits")?, sum("bytes_mapped")?);
+    let (gets, waves, bytes) = (sum("gets")?, sum("waves")?, sum("bytes_fetched")?);
+    let (hits, mapped) = (sum("cache_hits")?, sum("bytes_mapped")?);
     Some(if sum("brute_force")? > 0 {
         format!("io: the filter left few rows; {} ranked exactly, no list probed", sum("rows_reranked")?)
     } else if mapped > 0 {
         format!("io: {lists} lists probed, {} read from the memory-mapped file", HumanBytes(mapped as u64))
     } else {
-        format!("io: {lists} lists probed, {gets} GETs, {} fetched, {hits} cache hits", HumanBytes(bytes as u64))
+        format!(
+            "io: {lists} lists probed, {gets} GETs in {waves} wave{}, {} fetched, {hits} cache hits",
+            if waves == 1 { "" } else { "s" },
+            HumanBytes(bytes as u64)
+        )
     })
 }
 

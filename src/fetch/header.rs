@@ -21,13 +21,14 @@ const READ_AHEAD: u64 = 64 * 1024;
 /// `read_at` synchronously, so the whole header parse runs on a blocking thread and
 /// fetches with `Handle::block_on`.
 pub struct HeaderSource {
-    path: Path,
+    /// The object as the caller named it, for messages.
+    name: String,
     size: u64,
     /// Where missing bytes come from; `None` when `segments` holds the whole file.
     remote: Option<(Object, Handle)>,
     /// Fetched byte segments, sorted by start, not overlapping.
     segments: Vec<(u64, Bytes)>,
-    /// End of the last read FAISS made: a read starting later skipped the list data.
+    /// End of the last read: a read starting later skipped the list data.
     last_end: u64,
     /// The typed error behind a failed read; FAISS only carries its message.
     pub(crate) failure: Option<Error>,
@@ -38,27 +39,33 @@ pub struct HeaderSource {
 impl HeaderSource {
     /// Issues the first range GET, which also tells the object's size and ETag.
     pub(crate) async fn start(store: Arc<dyn ObjectStore>, path: Path) -> Result<Self> {
+        let name = path.to_string();
         let options = GetOptions { range: Some(GetRange::Bounded(0..FIRST_READ)), ..Default::default() };
         let result = match store.get_opts(&path, options).await {
             Ok(r) => r,
-            Err(e @ object_store::Error::NotFound { .. }) => return Err(Error::store(&path, e)),
+            Err(e @ object_store::Error::NotFound { .. }) => return Err(Error::store(&name, e)),
             // No range of an empty object exists: say so rather than echo the range error.
             Err(e) => {
                 return Err(match store.head(&path).await {
-                    Ok(meta) if meta.size == 0 => Error::NotFaiss { path, detail: "the object is empty".into() },
-                    _ => Error::store(&path, e),
+                    Ok(meta) if meta.size == 0 => Error::NotFaiss { path: name, detail: "the object is empty".into() },
+                    _ => Error::store(&name, e),
                 })
             }
         };
         let meta = result.meta.clone();
         let range = result.range.clone();
-        let first = result.bytes().await.map_err(|e| Error::store(&path, e))?;
+        let first = result.bytes().await.map_err(|e| Error::store(&name, e))?;
         if first.len() as u64 != range.end - range.start {
-            return Err(Error::Truncated { path, needed: range, size: first.len() as u64 });
+            return Err(Error::Truncated {
+                path: name,
+                field: "the first read".into(),
+                needed: range,
+                size: first.len() as u64,
+            });
         }
-        let object = Object { store, path: path.clone(), e_tag: meta.e_tag };
+        let object = Object::new(store, path, meta.e_tag, meta.size);
         Ok(HeaderSource {
-            path,
+            name,
             size: meta.size,
             remote: Some((object, Handle::current())),
             segments: vec![(range.start, first.clone())],
@@ -70,9 +77,9 @@ impl HeaderSource {
     }
 
     /// Serves reads from a whole file already in memory (mapped).
-    pub(crate) fn in_memory(path: Path, file: Bytes) -> Self {
+    pub(crate) fn in_memory(name: String, file: Bytes) -> Self {
         HeaderSource {
-            path,
+            name,
             size: file.len() as u64,
             remote: None,
             segments: vec![(0, file)],
@@ -83,8 +90,8 @@ impl HeaderSource {
         }
     }
 
-    pub(crate) fn path(&self) -> &Path {
-        &self.path
+    pub(crate) fn name(&self) -> &str {
+        &self.name
     }
 
     pub(crate) fn size(&self) -> u64 {
@@ -96,31 +103,37 @@ impl HeaderSource {
         self.remote.as_ref().map(|(o, _)| o.clone())
     }
 
-    /// Bytes `[at, at + n)` if they were fetched already (no I/O).
-    pub(crate) fn peek(&self, at: u64, n: u64) -> Option<&[u8]> {
-        let (start, seg) = self.segments.iter().find(|(s, b)| *s <= at && at + n <= s + b.len() as u64)?;
-        let from = (at - start) as usize;
-        Some(&seg[from..from + n as usize])
-    }
-
+    /// FAISS's reads (through the bridge): its own error message, the typed one kept.
     pub(crate) fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> std::result::Result<(), String> {
-        self.read(offset, buf).map_err(|e| {
+        self.read_exact_at(offset, buf, "a field FAISS read").map_err(|e| {
             let message = e.to_string();
             self.failure = Some(e);
             message
         })
     }
 
-    fn read(&mut self, offset: u64, buf: &mut [u8]) -> Result<()> {
-        let (size, path) = (self.size, &self.path);
-        let end = offset.checked_add(buf.len() as u64).filter(|&e| e <= size);
-        let Some(end) = end else {
-            let needed = offset..offset.saturating_add(buf.len() as u64);
-            return Err(if offset > self.last_end && offset > size {
-                Error::ListsBeyondEnd { path: path.clone(), lists: self.last_end..offset, size }
-            } else {
-                Error::Truncated { path: path.clone(), needed, size }
-            });
+    /// Reads `buf.len()` bytes at `offset`, fetching what is missing.
+    pub(crate) fn read_exact_at(&mut self, offset: u64, buf: &mut [u8], field: &str) -> Result<()> {
+        let end = self.ensure(offset, buf.len() as u64, field)?;
+        let mut pos = offset;
+        while pos < end {
+            let i = self.segments.partition_point(|(s, _)| *s <= pos);
+            let (start, seg) = &self.segments[i - 1];
+            let n = (end.min(start + seg.len() as u64) - pos) as usize;
+            let (from, to) = ((pos - start) as usize, (pos - offset) as usize);
+            buf[to..to + n].copy_from_slice(&seg[from..from + n]);
+            pos += n as u64;
+        }
+        Ok(())
+    }
+
+    /// Makes bytes `[offset, offset + len)` resident, fetching the missing parts (each
+    /// with some read-ahead); returns the end of the range.
+    pub(crate) fn ensure(&mut self, offset: u64, len: u64, field: &str) -> Result<u64> {
+        let size = self.size;
+        let Some(end) = offset.checked_add(len).filter(|&e| e <= size) else {
+            let needed = offset..offset.saturating_add(len);
+            return Err(Error::Truncated { path: self.name.clone(), field: field.to_string(), needed, size });
         };
         let skipped = offset > self.last_end;
         let mut pos = offset;
@@ -130,11 +143,7 @@ impl HeaderSource {
                 let (start, seg) = &self.segments[i - 1];
                 let seg_end = start + seg.len() as u64;
                 if pos < seg_end {
-                    let n = (end.min(seg_end) - pos) as usize;
-                    let from = (pos - start) as usize;
-                    let to = (pos - offset) as usize;
-                    buf[to..to + n].copy_from_slice(&seg[from..from + n]);
-                    pos += n as u64;
+                    pos = end.min(seg_end);
                     continue;
                 }
             }
@@ -146,19 +155,29 @@ impl HeaderSource {
             }
             let range = pos..fetch_end;
             let Some((object, runtime)) = &self.remote else {
-                return Err(Error::Truncated { path: path.clone(), needed: range, size });
+                return Err(Error::Truncated {
+                    path: self.name.clone(),
+                    field: field.to_string(),
+                    needed: range,
+                    size,
+                });
             };
             let got = runtime
                 .block_on(object.get(range.clone()))
-                .map_err(|e| object.error(e, |source| Error::Store { path: object.path.clone(), source }))?;
+                .map_err(|e| object.error(e, |source| Error::Store { path: object.name.clone(), source }))?;
             if (got.len() as u64) != range.end - range.start {
-                return Err(Error::Truncated { path: path.clone(), needed: range, size: got.len() as u64 });
+                return Err(Error::Truncated {
+                    path: self.name.clone(),
+                    field: field.to_string(),
+                    needed: range,
+                    size: got.len() as u64,
+                });
             }
             self.gets += 1;
             self.bytes += got.len() as u64;
             self.segments.insert(i, (pos, got));
         }
-        self.last_end = end;
-        Ok(())
+        self.last_end = self.last_end.max(end);
+        Ok(end)
     }
 }

@@ -11,7 +11,6 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use futures::future::{BoxFuture, Shared};
 use futures::{FutureExt, StreamExt, TryStreamExt};
-use object_store::path::Path;
 
 use super::{ListCache, MappedFile, Object};
 use crate::error::{Error, Result};
@@ -21,6 +20,10 @@ use crate::error::{Error, Result};
 pub struct FetchStats {
     /// Range GET requests issued.
     pub gets: u64,
+    /// Waves of concurrent GETs issued: `gets / max_in_flight` rounded up, 0 when no GET
+    /// was needed. The round trips a search costs, as decided here rather than observed
+    /// on the wire (where a busy machine can split one wave into several).
+    pub waves: u64,
     /// Bytes those GETs returned.
     pub bytes: u64,
     /// Lists served from the cache.
@@ -73,6 +76,7 @@ struct Remote {
 #[derive(Default)]
 struct Totals {
     gets: AtomicU64,
+    waves: AtomicU64,
     bytes: AtomicU64,
     cache_hits: AtomicU64,
     cache_misses: AtomicU64,
@@ -100,10 +104,21 @@ impl ListFetcher {
         ListFetcher { layout: Layout(offsets.into()), source: Source::Mapped(file), totals: Totals::default() }
     }
 
-    pub(crate) fn path(&self) -> &Path {
+    /// The index object as the caller named it.
+    pub(crate) fn name(&self) -> &str {
         match &self.source {
-            Source::Remote(r) => &r.object.path,
-            Source::Mapped(m) => m.path(),
+            Source::Remote(r) => &r.object.name,
+            Source::Mapped(m) => m.name(),
+        }
+    }
+
+    /// Fails with `Error::Changed` when the path no longer names the object opened: a
+    /// HEAD for a store (the GETs' If-Match cannot see it when every list is cached), two
+    /// `stat`s for a mapped file.
+    pub(crate) async fn check(&self) -> Result<()> {
+        match &self.source {
+            Source::Remote(r) => r.object.check().await,
+            Source::Mapped(m) => m.check(),
         }
     }
 
@@ -124,6 +139,7 @@ impl ListFetcher {
         let t = &self.totals;
         FetchStats {
             gets: t.gets.load(Ordering::Relaxed),
+            waves: t.waves.load(Ordering::Relaxed),
             bytes: t.bytes.load(Ordering::Relaxed),
             cache_hits: t.cache_hits.load(Ordering::Relaxed),
             cache_misses: t.cache_misses.load(Ordering::Relaxed),
@@ -161,6 +177,7 @@ impl ListFetcher {
     fn add_totals(&self, s: &FetchStats) {
         let t = &self.totals;
         t.gets.fetch_add(s.gets, Ordering::Relaxed);
+        t.waves.fetch_add(s.waves, Ordering::Relaxed);
         t.bytes.fetch_add(s.bytes, Ordering::Relaxed);
         t.cache_hits.fetch_add(s.cache_hits, Ordering::Relaxed);
         t.cache_misses.fetch_add(s.cache_misses, Ordering::Relaxed);
@@ -205,6 +222,7 @@ impl Remote {
                     run_lists.iter().map(|&l| self.layout.range(l).end - self.layout.range(l).start).sum::<u64>();
                 waits.push((run, run_lists));
             }
+            stats.waves = stats.gets.div_ceil(self.max_in_flight as u64);
         }
         // Boxed so the stream's type names no closure: keeps `search` futures `Send`.
         let picks: Vec<BoxFuture<'static, Result<Vec<(usize, Bytes)>>>> =
@@ -250,7 +268,7 @@ impl Remote {
         let object = &self.object;
         let got = object.get(range.clone()).await.map_err(|e| {
             object.error(e, |source| Error::Fetch {
-                path: object.path.clone(),
+                path: object.name.clone(),
                 list: first,
                 range: range.clone(),
                 source,
@@ -259,7 +277,7 @@ impl Remote {
         let expected = range.end - range.start;
         if got.len() as u64 != expected {
             return Err(Error::ShortRead {
-                path: object.path.clone(),
+                path: object.name.clone(),
                 list: first,
                 range,
                 expected,

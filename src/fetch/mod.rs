@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use object_store::path::Path;
-use object_store::{GetOptions, GetRange, ObjectStore};
+use object_store::{GetOptions, GetRange, ObjectStore, ObjectStoreExt};
 
 use crate::error::Error;
 
@@ -28,10 +28,34 @@ pub(crate) use mapped::MappedFile;
 pub(crate) struct Object {
     pub store: Arc<dyn ObjectStore>,
     pub path: Path,
+    /// The path as the caller gave it, for messages.
+    pub name: String,
     pub e_tag: Option<String>,
+    pub size: u64,
 }
 
 impl Object {
+    pub(crate) fn new(store: Arc<dyn ObjectStore>, path: Path, e_tag: Option<String>, size: u64) -> Object {
+        Object { store, name: path.to_string(), path, e_tag, size }
+    }
+
+    fn changed(&self) -> Error {
+        Error::Changed {
+            path: self.name.clone(),
+            opened: format!("ETag {}, {} bytes", self.e_tag.as_deref().unwrap_or("(none)"), self.size),
+        }
+    }
+
+    /// Fails with `Error::Changed` when the path now names another object (or none):
+    /// one HEAD, comparing ETag and size with what was opened.
+    pub(crate) async fn check(&self) -> Result<(), Error> {
+        match self.store.head(&self.path).await {
+            Ok(meta) if meta.size == self.size && (self.e_tag.is_none() || meta.e_tag == self.e_tag) => Ok(()),
+            Ok(_) | Err(object_store::Error::NotFound { .. }) => Err(self.changed()),
+            Err(e) => Err(Error::Store { path: self.name.clone(), source: Arc::new(e) }),
+        }
+    }
+
     async fn get(&self, range: Range<u64>) -> object_store::Result<Bytes> {
         let options =
             GetOptions { range: Some(GetRange::Bounded(range)), if_match: self.e_tag.clone(), ..Default::default() };
@@ -41,10 +65,7 @@ impl Object {
     /// A failed GET: "changed" when the pinned version is gone, else what `other` makes.
     fn error(&self, e: object_store::Error, other: impl FnOnce(Arc<object_store::Error>) -> Error) -> Error {
         match e {
-            object_store::Error::Precondition { .. } | object_store::Error::NotFound { .. } => Error::Changed {
-                path: self.path.clone(),
-                opened: format!("ETag {}", self.e_tag.as_deref().unwrap_or("(none)")),
-            },
+            object_store::Error::Precondition { .. } | object_store::Error::NotFound { .. } => self.changed(),
             e => other(Arc::new(e)),
         }
     }

@@ -7,6 +7,7 @@ use object_store::{ObjectStore, ObjectStoreExt};
 
 use super::check_queries;
 use crate::error::{Error, Result};
+use crate::fetch::HeaderSource;
 use crate::ffi::bridge;
 
 /// A whole index file loaded into FAISS, searched by FAISS itself.
@@ -16,8 +17,11 @@ pub struct InMemoryIndex {
 }
 
 impl InMemoryIndex {
-    /// Parses a complete FAISS index file.
+    /// Parses a complete FAISS index file, after the same header check `IvfIndex::open`
+    /// makes (FAISS's own reader trusts every count in the file).
     pub fn from_bytes(bytes: &[u8]) -> Result<InMemoryIndex> {
+        let mut src = HeaderSource::in_memory("index bytes".into(), bytes::Bytes::copy_from_slice(bytes));
+        super::format::check(&mut src)?;
         let inner = bridge::read_full(bytes).map_err(|e| Error::faiss("reading index bytes", e))?;
         let dimension = inner.info().d;
         Ok(InMemoryIndex { inner, dimension })
@@ -28,10 +32,10 @@ impl InMemoryIndex {
         let bytes = store
             .get(path)
             .await
-            .map_err(|e| Error::store(path, e))?
+            .map_err(|e| Error::store(path.as_ref(), e))?
             .bytes()
             .await
-            .map_err(|e| Error::store(path, e))?;
+            .map_err(|e| Error::store(path.as_ref(), e))?;
         tokio::task::spawn_blocking(move || InMemoryIndex::from_bytes(&bytes)).await.expect("index load task panicked")
     }
 

@@ -134,10 +134,10 @@ impl IvfIndex {
 
     pub async fn open_with(store: Arc<dyn ObjectStore>, path: &Path, options: OpenOptions) -> Result<IvfIndex> {
         let src = HeaderSource::start(store, path.clone()).await?;
-        let (inner, src) = parse_header(src).await?;
+        let (parsed, src) = parse_header(src).await?;
         let object = src.remote().expect("a header fetched from a store has a remote");
         let cache = options.cache.unwrap_or_else(|| ListCache::new(DEFAULT_CACHE_BYTES));
-        Self::assemble(inner, &src, |offsets| ListFetcher::remote(object, offsets, options.max_in_flight, cache))
+        Self::assemble(parsed, &src, |offsets| ListFetcher::remote(object, offsets, options.max_in_flight, cache))
     }
 
     /// Opens a local index file by memory-mapping it: the header is parsed from the map
@@ -146,17 +146,17 @@ impl IvfIndex {
     pub async fn open_file(file: impl AsRef<std::path::Path>) -> Result<IvfIndex> {
         let file = file.as_ref().to_path_buf();
         let mapped = tokio::task::spawn_blocking(move || MappedFile::open(&file)).await.expect("mmap task panicked")?;
-        let src = HeaderSource::in_memory(mapped.path().clone(), mapped.bytes());
-        let (inner, src) = parse_header(src).await?;
-        Self::assemble(inner, &src, |offsets| ListFetcher::mapped(mapped, offsets))
+        let src = HeaderSource::in_memory(mapped.name().to_string(), mapped.bytes());
+        let (parsed, src) = parse_header(src).await?;
+        Self::assemble(parsed, &src, |offsets| ListFetcher::mapped(mapped, offsets))
     }
 
     fn assemble(
-        inner: cxx::UniquePtr<bridge::IvfIndex>,
+        (inner, checked): (cxx::UniquePtr<bridge::IvfIndex>, format::Header),
         src: &HeaderSource,
         fetcher: impl FnOnce(Vec<u64>) -> ListFetcher,
     ) -> Result<IvfIndex> {
-        let path = src.path().clone();
+        let path = src.name().to_string();
         let raw = inner.info();
         if !raw.unsupported.is_empty() {
             return Err(Error::Unsupported { path, type_name: raw.unsupported });
@@ -165,8 +165,21 @@ impl IvfIndex {
             path: path.clone(),
             type_name: format!("{} with FAISS metric {}", raw.description, raw.metric),
         })?;
-        if raw.data_end > src.size() {
-            return Err(Error::ListsBeyondEnd { path, lists: raw.data_start..raw.data_end, size: src.size() });
+        let parsed = format::Header {
+            d: raw.d as u64,
+            ntotal: raw.ntotal.max(0) as u64,
+            nlist: raw.nlist as u64,
+            code_size: raw.code_size as u64,
+            data_start: raw.data_start,
+            data_end: raw.data_end,
+        };
+        // Both read the same bytes; a difference means the check's idea of the format is
+        // not FAISS's, and neither can be trusted.
+        if parsed != checked {
+            return Err(Error::NotFaiss {
+                path,
+                detail: format!("FAISS read the header as {parsed:?}, the header check as {checked:?}"),
+            });
         }
         let sizes = inner.list_sizes();
         let mut offsets = Vec::with_capacity(sizes.len() + 1);
@@ -180,7 +193,7 @@ impl IvfIndex {
             dimension: raw.d,
             metric,
             nlist: raw.nlist,
-            ntotal: raw.ntotal.max(0) as u64,
+            ntotal: parsed.ntotal,
             code_size: raw.code_size,
             description: raw.description.clone(),
             file_size: src.size(),
@@ -193,7 +206,8 @@ impl IvfIndex {
             d_ivf: raw.d_ivf,
             transforms: raw.transforms > 0,
             fetcher: fetcher(offsets),
-            open_stats: FetchStats { gets: src.gets, bytes: src.bytes, ..Default::default() },
+            // The header's GETs run one after another: each is its own wave.
+            open_stats: FetchStats { gets: src.gets, waves: src.gets, bytes: src.bytes, ..Default::default() },
         })
     }
 
@@ -214,6 +228,14 @@ impl IvfIndex {
     /// GETs and bytes the open cost.
     pub fn open_stats(&self) -> FetchStats {
         self.open_stats
+    }
+
+    /// Fails with `Error::Changed` when the path no longer names the object this index
+    /// was opened from (replaced, renamed over, rewritten, deleted): one HEAD for a store,
+    /// two `stat`s for a local file. A search notices a replaced object only when it
+    /// reads from it; call this to notice it when every list is cached.
+    pub async fn check(&self) -> Result<()> {
+        self.fetcher.check().await
     }
 
     /// Fetch counts summed over every search so far.
@@ -272,7 +294,7 @@ impl IvfIndex {
             return Err(Error::InvalidSearch(format!("{n} queries × k = {k} exceeds {MAX_RESULTS} results per call")));
         }
         let nprobe = nprobe.min(self.info.nlist);
-        let context = || format!("searching {}", self.fetcher.path());
+        let context = || format!("searching {}", self.fetcher.name());
 
         let queries: Arc<[f32]> = queries.into();
         let inner = self.inner.clone();
@@ -338,17 +360,21 @@ async fn off_runtime<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'stati
     }
 }
 
-/// Parses the header with FAISS on a blocking thread; a failed read's typed error wins
-/// over FAISS's message.
-async fn parse_header(mut src: HeaderSource) -> Result<(cxx::UniquePtr<bridge::IvfIndex>, HeaderSource)> {
-    format::check_type(&src)?;
-    let (opened, src) = tokio::task::spawn_blocking(move || (bridge::open_index(&mut src), src))
-        .await
-        .expect("header parse task panicked");
-    match (opened, src.failure.clone()) {
-        (Ok(inner), _) => Ok((inner, src)),
-        (Err(_), Some(failure)) => Err(failure),
-        (Err(e), None) => Err(Error::NotFaiss { path: src.path().clone(), detail: e.what().to_string() }),
+/// Checks the header, then parses it with FAISS, on a blocking thread; a failed read's
+/// typed error wins over FAISS's message.
+async fn parse_header(
+    mut src: HeaderSource,
+) -> Result<((cxx::UniquePtr<bridge::IvfIndex>, format::Header), HeaderSource)> {
+    let (opened, src) = tokio::task::spawn_blocking(move || {
+        let opened = format::check(&mut src).map(|checked| (bridge::open_index(&mut src), checked));
+        (opened, src)
+    })
+    .await
+    .expect("header parse task panicked");
+    match (opened?, src.failure.clone()) {
+        ((Ok(inner), checked), _) => Ok(((inner, checked), src)),
+        ((Err(_), _), Some(failure)) => Err(failure),
+        ((Err(e), _), None) => Err(Error::NotFaiss { path: src.name().to_string(), detail: e.what().to_string() }),
     }
 }
 

@@ -12,7 +12,7 @@ use datafusion::arrow::compute::{cast, filter_record_batch};
 use datafusion::arrow::datatypes::{DataType, Int64Type, SchemaRef};
 use datafusion::catalog::{Session, TableProvider};
 use datafusion::common::tree_node::TreeNodeRecursion;
-use datafusion::common::{internal_err, DFSchema, Result, ScalarValue};
+use datafusion::common::{exec_err, internal_err, DFSchema, Result, ScalarValue};
 use datafusion::execution::context::{QueryPlanner, SessionState};
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::logical_expr::expr::InList;
@@ -163,6 +163,7 @@ struct Counts {
     lists_probed: Count,
     codes_scanned: Count,
     gets: Count,
+    waves: Count,
     bytes_fetched: Count,
     bytes_mapped: Count,
     cache_hits: Count,
@@ -183,6 +184,7 @@ impl Counts {
             lists_probed: c("lists_probed"),
             codes_scanned: c("codes_scanned"),
             gets: c("gets"),
+            waves: c("waves"),
             bytes_fetched: c("bytes_fetched"),
             bytes_mapped: c("bytes_mapped"),
             cache_hits: c("cache_hits"),
@@ -198,6 +200,7 @@ impl Counts {
         self.lists_probed.add(s.lists_probed as usize);
         self.codes_scanned.add(s.codes_scanned as usize);
         self.gets.add(s.fetch.gets as usize);
+        self.waves.add(s.fetch.waves as usize);
         self.bytes_fetched.add(s.fetch.bytes as usize);
         self.bytes_mapped.add(s.fetch.bytes_mapped as usize);
         self.cache_hits.add(s.fetch.cache_hits as usize);
@@ -267,11 +270,16 @@ impl Run {
         .clamp(1, index.info().nlist);
         let mut reopened = false;
         loop {
-            let result = match allowed {
-                Some(keys) => index.search_among(&spec.query, spec.candidates(), nprobe, keys).await,
-                None => index.search(&spec.query, spec.candidates(), nprobe).await,
+            // The search notices a replaced object only through the GETs it makes; with
+            // every list cached it makes none, so the path is checked alongside it.
+            let search = async {
+                match allowed {
+                    Some(keys) => index.search_among(&spec.query, spec.candidates(), nprobe, keys).await,
+                    None => index.search(&spec.query, spec.candidates(), nprobe).await,
+                }
             };
-            let result = match result {
+            let (checked, result) = futures::join!(index.check(), search);
+            let result = match checked.and(result) {
                 Err(e) if registry::is_changed(&e) && !reopened => {
                     registry::forget(spec.table.location(), &index);
                     index = spec.table.index(spec.cache_bytes).await?;
@@ -330,7 +338,29 @@ impl Run {
             columns.push(self.spec.table.key_index());
         }
         let stream = self.scan(&columns, &[filter], &[prune]).await?;
-        Ok(self.emit(stream, &columns))
+        // At most k × refine rows: held to check them against the index before any leaves.
+        let schema = stream.schema();
+        let batches: Vec<RecordBatch> = stream.try_collect().await?;
+        let key_at = columns.iter().position(|&c| c == self.spec.table.key_index()).expect("key scanned");
+        let mut found = std::collections::HashSet::new();
+        for batch in &batches {
+            let keys = cast(batch.column(key_at), &DataType::Int64)?;
+            found.extend(keys.as_primitive::<Int64Type>().iter().flatten());
+        }
+        if found.len() < self.spec.k.min(ids.len()) {
+            let missing: Vec<String> =
+                ids.iter().filter(|id| !found.contains(id)).take(5).map(|id| id.to_string()).collect();
+            return exec_err!(
+                "index ids do not match key column '{}' of the table: the index {} returned {} candidate ids, only {} of them are keys in the table (missing e.g. {}). Is OPTIONS ('index' ...) the index built from this table, with these keys? (Rows deleted since the build are missing too: rebuild the index.)",
+                self.spec.table.options().key,
+                self.spec.table.location().as_str(),
+                ids.len(),
+                found.len(),
+                missing.join(", ")
+            );
+        }
+        let stream = RecordBatchStreamAdapter::new(schema, futures::stream::iter(batches.into_iter().map(Ok)));
+        Ok(self.emit(Box::pin(stream), &columns))
     }
 
     /// Batches of `stream` (scanned with `columns`) narrowed to the projection, counted.

@@ -70,6 +70,19 @@ pub async fn open(at: &IndexLocation, cache_bytes: u64) -> crate::Result<Arc<Ivf
     Ok(entries.entry(at.key()).or_insert((at.store.clone(), opened)).1.clone())
 }
 
+/// Like [`open`], but an index whose object was replaced since it was opened (or that
+/// is gone) is dropped and opened again, so the caller gets what the path holds now.
+pub async fn open_current(at: &IndexLocation, cache_bytes: u64) -> crate::Result<Arc<IvfIndex>> {
+    let index = open(at, cache_bytes).await?;
+    match index.check().await {
+        Err(e) if is_changed(&e) => {
+            forget(at, &index);
+            open(at, cache_bytes).await
+        }
+        r => r.map(|()| index),
+    }
+}
+
 /// Drops `index` from the registry after it reported `Error::Changed`, so the next
 /// `open` reads the new object's header.
 pub fn forget(at: &IndexLocation, index: &Arc<IvfIndex>) {

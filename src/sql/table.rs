@@ -65,7 +65,7 @@ impl VectorTable {
         }
         let location = IndexLocation::resolve(&options.index, session.runtime_env())?;
         let cache = FaissConfig::from_options(session.config_options()).cache_mb as u64 * 1024 * 1024;
-        let index = registry::open(&location, cache).await.map_err(|e| index_error(&location, e))?;
+        let index = registry::open_current(&location, cache).await.map_err(|e| index_error(&location, e))?;
         let info = index.info().clone();
         match schema.field(vector).data_type() {
             DataType::FixedSizeList(item, d) if item.data_type() == &DataType::Float32 => {

@@ -4,7 +4,9 @@
 //! Arguments: `FixedSizeList` / `List` / `LargeList` of numbers, an array literal, or a
 //! string `'[0.1, ...]'`. A NULL vector, or one with a NULL element, gives NULL; so does
 //! `cosine_distance` of a zero vector. Vectors of different dimension are an error naming
-//! both dimensions and the row. Results are Float64, accumulated in f64.
+//! both dimensions and the row. Results are Float64, computed as DataFusion computes its
+//! `inner_product`, `cosine_distance` and `array_distance`: elements as f64, summed in
+//! order, so ours give DataFusion's values to the last bit.
 
 mod vectors;
 
@@ -15,7 +17,7 @@ use datafusion::arrow::datatypes::DataType;
 use datafusion::common::{exec_err, plan_err, Result};
 use datafusion::logical_expr::{ColumnarValue, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility};
 
-use vectors::Vectors;
+use vectors::{Vector, Vectors};
 
 /// Which distance a function computes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -42,10 +44,19 @@ impl Distance {
         }
     }
 
-    fn eval(self, a: &[f32], b: &[f32]) -> Option<f64> {
+    fn eval(self, a: Vector, b: Vector) -> Option<f64> {
+        match (a, b) {
+            (Vector::F32(a), Vector::F32(b)) => self.eval_as(a, b),
+            (Vector::F32(a), Vector::F64(b)) => self.eval_as(a, b),
+            (Vector::F64(a), Vector::F32(b)) => self.eval_as(a, b),
+            (Vector::F64(a), Vector::F64(b)) => self.eval_as(a, b),
+        }
+    }
+
+    fn eval_as<A: Copy + Into<f64>, B: Copy + Into<f64>>(self, a: &[A], b: &[B]) -> Option<f64> {
         let (mut dot, mut aa, mut bb, mut l2) = (0f64, 0f64, 0f64, 0f64);
         for (&x, &y) in a.iter().zip(b) {
-            let (x, y) = (x as f64, y as f64);
+            let (x, y): (f64, f64) = (x.into(), y.into());
             match self {
                 Distance::L2 | Distance::L2Squared => l2 += (x - y) * (x - y),
                 Distance::InnerProduct => dot += x * y,
@@ -71,11 +82,17 @@ impl Distance {
 pub struct DistanceUdf {
     distance: Distance,
     signature: Signature,
+    aliases: Vec<String>,
 }
 
 impl DistanceUdf {
     pub fn new(distance: Distance) -> Self {
-        DistanceUdf { distance, signature: Signature::any(2, Volatility::Immutable) }
+        // DataFusion's `inner_product` answers to `dot_product` too; ours replaces both.
+        let aliases = match distance {
+            Distance::InnerProduct => vec!["dot_product".to_string()],
+            _ => vec![],
+        };
+        DistanceUdf { distance, signature: Signature::any(2, Volatility::Immutable), aliases }
     }
 
     pub fn distance(&self) -> Distance {
@@ -103,6 +120,10 @@ impl ScalarUDFImpl for DistanceUdf {
 
     fn signature(&self) -> &Signature {
         &self.signature
+    }
+
+    fn aliases(&self) -> &[String] {
+        &self.aliases
     }
 
     fn return_type(&self, arg_types: &[DataType]) -> Result<DataType> {
@@ -152,5 +173,8 @@ impl ScalarUDFImpl for DistanceUdf {
 /// it is NULL or not a vector.
 pub fn literal_vector(value: &datafusion::common::ScalarValue) -> Option<Vec<f32>> {
     let v = Vectors::from_arg("literal", &ColumnarValue::Scalar(value.clone())).ok()?;
-    v.get(0).map(|x| x.to_vec())
+    v.get(0).map(|x| match x {
+        Vector::F32(x) => x.to_vec(),
+        Vector::F64(x) => x.iter().map(|&v| v as f32).collect(),
+    })
 }

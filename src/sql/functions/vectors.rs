@@ -1,13 +1,16 @@
 //! Vector arguments of the distance functions, viewed without per-row allocation: a
-//! column of `FixedSizeList` / `List` / `LargeList` of floats, or one literal vector
+//! column of `FixedSizeList` / `List` / `LargeList` of numbers, or one literal vector
 //! (an array literal `[0.1, ...]` or a string `'[0.1, ...]'`) applied to every row.
+//! Float32 elements stay Float32 (widening each to f64 as it is used gives the values
+//! DataFusion's cast to Float64 gives); every other number type is cast to Float64, as
+//! DataFusion's own distance functions do.
 
 use std::ops::Range;
 
-use datafusion::arrow::array::{Array, ArrayRef, AsArray, Float32Array};
+use datafusion::arrow::array::{Array, ArrayRef, AsArray, Float32Array, Float64Array};
 use datafusion::arrow::buffer::{NullBuffer, OffsetBuffer};
 use datafusion::arrow::compute::cast;
-use datafusion::arrow::datatypes::{DataType, Float32Type};
+use datafusion::arrow::datatypes::{DataType, Float32Type, Float64Type};
 use datafusion::common::{exec_datafusion_err, exec_err, Result, ScalarValue};
 use datafusion::logical_expr::ColumnarValue;
 
@@ -17,9 +20,39 @@ enum Rows {
     Offsets64(OffsetBuffer<i64>),
 }
 
+enum Values {
+    F32(Float32Array),
+    F64(Float64Array),
+}
+
+impl Values {
+    fn nulls(&self) -> Option<&NullBuffer> {
+        match self {
+            Values::F32(v) => v.nulls(),
+            Values::F64(v) => v.nulls(),
+        }
+    }
+}
+
+/// One row's vector.
+#[derive(Clone, Copy)]
+pub(super) enum Vector<'a> {
+    F32(&'a [f32]),
+    F64(&'a [f64]),
+}
+
+impl Vector<'_> {
+    pub(super) fn len(&self) -> usize {
+        match self {
+            Vector::F32(v) => v.len(),
+            Vector::F64(v) => v.len(),
+        }
+    }
+}
+
 /// Vectors of one argument; row `i` is `values[range(i)]`, or NULL.
 pub(super) struct Vectors {
-    values: Float32Array,
+    values: Values,
     rows: Rows,
     nulls: Option<NullBuffer>,
     /// One vector (a literal) for every row.
@@ -36,7 +69,7 @@ impl Vectors {
                 let v = parse(name, s)?;
                 let len = v.len() as i32;
                 Ok(Vectors {
-                    values: Float32Array::from(v),
+                    values: Values::F64(Float64Array::from(v)),
                     rows: Rows::Offsets32(OffsetBuffer::new(vec![0, len].into())),
                     nulls: None,
                     broadcast: true,
@@ -62,7 +95,7 @@ impl Vectors {
             }
             DataType::Null => {
                 return Ok(Vectors {
-                    values: Float32Array::from(Vec::<f32>::new()),
+                    values: Values::F64(Float64Array::from(Vec::<f64>::new())),
                     rows: Rows::Fixed(0),
                     nulls: Some(NullBuffer::new_null(array.len())),
                     broadcast,
@@ -71,8 +104,13 @@ impl Vectors {
             other => return exec_err!("{name}: expected a vector (list of floats), got {other}"),
         };
         let values = match values.data_type() {
-            DataType::Float32 => values.as_primitive::<Float32Type>().clone(),
-            t if t.is_numeric() => cast(&values, &DataType::Float32)?.as_primitive::<Float32Type>().clone(),
+            DataType::Float32 => Values::F32(values.as_primitive::<Float32Type>().clone()),
+            DataType::Float64 => Values::F64(values.as_primitive::<Float64Type>().clone()),
+            t if t.is_numeric() => {
+                Values::F64(cast(&values, &DataType::Float64)?.as_primitive::<Float64Type>().clone())
+            }
+            // An empty literal `[]` has Null elements.
+            DataType::Null => Values::F64(cast(&values, &DataType::Float64)?.as_primitive::<Float64Type>().clone()),
             other => return exec_err!("{name}: vector elements must be numbers, got {other}"),
         };
         Ok(Vectors { values, rows, nulls: array.logical_nulls(), broadcast })
@@ -87,16 +125,19 @@ impl Vectors {
     }
 
     /// Row `row`'s vector, or `None` when it (or one of its elements) is NULL.
-    pub(super) fn get(&self, row: usize) -> Option<&[f32]> {
+    pub(super) fn get(&self, row: usize) -> Option<Vector<'_>> {
         let row = if self.broadcast { 0 } else { row };
         if self.nulls.as_ref().is_some_and(|n| n.is_null(row)) {
             return None;
         }
         let r = self.range(row);
-        if self.values.null_count() > 0 && self.values.nulls().is_some_and(|n| (r.start..r.end).any(|j| n.is_null(j))) {
+        if self.values.nulls().is_some_and(|n| n.null_count() > 0 && (r.start..r.end).any(|j| n.is_null(j))) {
             return None;
         }
-        Some(&self.values.values()[r])
+        Some(match &self.values {
+            Values::F32(v) => Vector::F32(&v.values()[r]),
+            Values::F64(v) => Vector::F64(&v.values()[r]),
+        })
     }
 
     pub(super) fn is_scalar(&self) -> bool {
@@ -105,7 +146,7 @@ impl Vectors {
 }
 
 /// Parses `'[0.1, 0.2, ...]'` (brackets optional, commas or spaces between numbers).
-fn parse(name: &str, text: &str) -> Result<Vec<f32>> {
+fn parse(name: &str, text: &str) -> Result<Vec<f64>> {
     let inner = text.trim();
     let inner = inner.strip_prefix('[').and_then(|s| s.strip_suffix(']')).unwrap_or(inner);
     inner
@@ -113,7 +154,7 @@ fn parse(name: &str, text: &str) -> Result<Vec<f32>> {
         .filter(|t| !t.is_empty())
         .enumerate()
         .map(|(i, t)| {
-            let v: f32 = t.parse().map_err(|_| {
+            let v: f64 = t.parse().map_err(|_| {
                 exec_datafusion_err!("{name}: cannot read '{t}' (element {i}) of vector '{text}' as a number")
             })?;
             if v.is_finite() {
