@@ -252,3 +252,33 @@ async fn replaced_functions_give_datafusions_values_to_the_bit() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ties_at_the_kth_place_are_broken_as_the_exact_plan_breaks_them() {
+    // Rows 0 and 4000..4029 share one vector; the query is that vector.
+    let docs = Docs { copies_of_first: (4000..4030).collect(), ..Docs::new(6_000, D, 45) };
+    let dir = tempfile::tempdir().unwrap();
+    let local: Arc<dyn ObjectStore> =
+        Arc::new(object_store::local::LocalFileSystem::new_with_prefix(dir.path()).unwrap());
+    let v: Vec<String> = docs.vectors()[..D].iter().map(|x| x.to_string()).collect();
+    let v = format!("'[{}]'", v.join(", "));
+    for factory in ["IVF16,Flat", "IVF16,SQ8"] {
+        let name = factory.replace(',', "-");
+        docs.write(local.as_ref(), &name, "docs", factory, Metric::L2).await;
+        let ctx = SessionContext::new();
+        datafusion_faiss::sql::register_all(&ctx);
+        let base = dir.path().join(&name);
+        let (table, index) = (base.join("docs.parquet"), base.join("docs.faiss"));
+        create(&ctx, "docs", table.to_str().unwrap(), index.to_str().unwrap()).await;
+        ctx.sql("SET faiss.nprobe = 16").await.unwrap();
+        for (order, limit) in [("d, id", 5), ("d, id DESC", 5), ("d, id", 12), ("d, title", 3)] {
+            let sql = format!("SELECT id FROM (SELECT id, title, vec_distance(embedding, {v}) AS d FROM docs) ORDER BY {order} LIMIT {limit}");
+            let indexed = ids(&ctx, &sql).await;
+            assert!(metric(&ctx, &sql, "candidates").await > 0, "{factory}: the index answered");
+            ctx.sql("SET faiss.enabled = false").await.unwrap();
+            let exact = ids(&ctx, &sql).await;
+            ctx.sql("SET faiss.enabled = true").await.unwrap();
+            assert_eq!(indexed, exact, "{factory} ORDER BY {order} LIMIT {limit}");
+        }
+    }
+}

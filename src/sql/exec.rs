@@ -269,13 +269,15 @@ impl Run {
         }
         .clamp(1, index.info().nlist);
         let mut reopened = false;
+        // One past the candidates, to see whether the k-th place ties beyond them.
+        let mut want = spec.candidates() + 1;
         loop {
             // The search notices a replaced object only through the GETs it makes; with
             // every list cached it makes none, so the path is checked alongside it.
             let search = async {
                 match allowed {
-                    Some(keys) => index.search_among(&spec.query, spec.candidates(), nprobe, keys).await,
-                    None => index.search(&spec.query, spec.candidates(), nprobe).await,
+                    Some(keys) => index.search_among(&spec.query, want, nprobe, keys).await,
+                    None => index.search(&spec.query, want, nprobe).await,
                 }
             };
             let (checked, result) = futures::join!(index.check(), search);
@@ -289,8 +291,25 @@ impl Run {
                 r => r.map_err(|e| index_error(spec.table.location(), e))?,
             };
             self.counts.add_search(&result.stats);
-            let ids: Vec<i64> = result.ids.into_iter().filter(|&id| id >= 0).collect();
-            let nlist = index.info().nlist;
+            let mut found: Vec<(i64, f32)> =
+                result.ids.into_iter().zip(result.distances).filter(|&(id, _)| id >= 0).collect();
+            let (nlist, ntotal) = (index.info().nlist, index.info().ntotal as usize);
+            // Rows tied with the k-th (duplicates, or FAISS's f32 rounding against the exact
+            // re-rank's f64) may reach past the candidates; the exact plan breaks such ties
+            // by the other sort keys, so all of them must be re-ranked: ask for more until
+            // the last one found is clearly farther than the k-th, then keep the candidates
+            // and the tie.
+            if found.len() >= spec.k {
+                let kth = found[spec.k - 1].1;
+                let tied = |d: f32| (kth - d).abs() <= 8.0 * f32::EPSILON * kth.abs().max(d.abs());
+                if found.len() == want && want < ntotal && tied(found[want - 1].1) {
+                    want = want.saturating_mul(2).min(ntotal);
+                    continue;
+                }
+                let ties = found.iter().rposition(|&(_, d)| tied(d)).map_or(0, |p| p + 1);
+                found.truncate(spec.candidates().max(ties));
+            }
+            let ids: Vec<i64> = found.into_iter().map(|(id, _)| id).collect();
             if ids.len() >= spec.k || nprobe >= nlist {
                 self.counts.nprobe.add(nprobe.min(nlist));
                 return Ok((ids.len() >= spec.k).then_some(ids));

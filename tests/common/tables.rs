@@ -27,15 +27,20 @@ pub struct Docs {
     /// `List<Float32>` instead of `FixedSizeList<Float32, d>`.
     pub variable_lists: bool,
     pub rows_per_group: usize,
+    /// Rows whose vector is row 0's (ties at any distance from a query).
+    pub copies_of_first: Vec<usize>,
 }
 
 impl Docs {
     pub fn new(n: usize, d: usize, seed: u64) -> Docs {
-        Docs { n, d, seed, normalized: false, variable_lists: false, rows_per_group: 1000 }
+        Docs { n, d, seed, normalized: false, variable_lists: false, rows_per_group: 1000, copies_of_first: vec![] }
     }
 
     pub fn vectors(&self) -> Vec<f32> {
         let mut x = clustered(self.n, self.d, 12, self.seed);
+        for &row in &self.copies_of_first {
+            x.copy_within(0..self.d, row * self.d);
+        }
         if self.normalized {
             for v in x.chunks_mut(self.d) {
                 let norm = v.iter().map(|a| a * a).sum::<f32>().sqrt();
