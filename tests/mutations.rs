@@ -116,6 +116,7 @@ async fn mutated_files_never_crash() {
     seeds.push(("IVF64,Flat (sparse sizes)", sparse_seed(&x).await));
     // A second writer: Debian's python3-faiss.
     seeds.push(("IDMap,IVF8,SQ8 (python)", build_python(&x, D, "IDMap,IVF8,SQ8", Metric::L2)));
+    seeds.push(("IDMap2,PCA8,IVF8,PQ4x4 (python)", build_python(&x, D, "IDMap2,PCA8,IVF8,PQ4x4", Metric::InnerProduct)));
 
     let mut mutants = Vec::new();
     for (name, bytes) in &seeds {
@@ -227,7 +228,7 @@ fn run_children(list: &Path, start: usize, end: usize, outcomes: &mut Vec<String
         if status.is_some_and(|s| s.success()) {
             break;
         }
-        let last = log.lines().filter_map(|l| l.strip_prefix("start ")?.parse::<usize>().ok()).last();
+        let last = log.lines().rev().find_map(|l| l.strip_prefix("start ")?.parse::<usize>().ok());
         let culprit = last.unwrap_or(next);
         let how = match status {
             None => format!("no answer within {BATCH_TIMEOUT:?} (hang)"),

@@ -439,7 +439,7 @@ impl Walk<'_> {
         let (pq_d, d_at) = self.u64("product quantizer d")?;
         self.same("product quantizer d", d_at, pq_d, "the IVF index's d", d)?;
         let (m, m_at) = self.u64("product quantizer M")?;
-        if m == 0 || d % m != 0 {
+        if m == 0 || !d.is_multiple_of(m) {
             return Err(self.bad("product quantizer M", m_at, m, format!("must divide d = {d}")));
         }
         let (nbits, b_at) = self.u64("product quantizer nbits")?;
