@@ -198,25 +198,11 @@ std::string describe_sq(faiss::ScalarQuantizer::QuantizerType qt) {
     return "SQ?";
 }
 
-// Subquantizers of the product quantizer inside the wrappers, 0 if there is none.
-size_t inner_pq_m(const faiss::Index* cur) {
-    while (cur) {
-        if (auto* m = dynamic_cast<const faiss::IndexIDMap*>(cur)) {
-            cur = m->index;
-        } else if (auto* pt = dynamic_cast<const faiss::IndexPreTransform*>(cur)) {
-            cur = pt->index;
-        } else {
-            break;
-        }
-    }
-    auto* pq = dynamic_cast<const faiss::IndexIVFPQ*>(cur);
-    return pq ? pq->pq.M : 0;
-}
-
 Unwrapped unwrap(const faiss::Index* index) {
     Unwrapped u;
     std::vector<std::string> parts;
-    const size_t pq_m = inner_pq_m(index);
+    // Transforms are named once the IVF index is known (OPQ takes its PQ's M).
+    std::vector<std::pair<size_t, const faiss::VectorTransform*>> transforms;
     const faiss::Index* cur = index;
     while (cur) {
         if (auto* m = dynamic_cast<const faiss::IndexIDMap*>(cur)) {
@@ -225,7 +211,8 @@ Unwrapped unwrap(const faiss::Index* index) {
             cur = m->index;
         } else if (auto* pt = dynamic_cast<const faiss::IndexPreTransform*>(cur)) {
             for (auto* vt : pt->chain) {
-                parts.push_back(describe_transform(vt, pq_m));
+                transforms.emplace_back(parts.size(), vt);
+                parts.emplace_back();
                 u.chain.push_back(vt);
             }
             cur = pt->index;
@@ -251,6 +238,10 @@ Unwrapped unwrap(const faiss::Index* index) {
     } else {
         u.unsupported = type_name(*cur);
         parts.push_back(u.unsupported);
+    }
+    auto* pq = dynamic_cast<const faiss::IndexIVFPQ*>(u.ivf);
+    for (auto& [at, vt] : transforms) {
+        parts[at] = describe_transform(vt, pq ? pq->pq.M : 0);
     }
     for (size_t i = 0; i < parts.size(); i++) {
         u.description += (i ? "," : "") + parts[i];

@@ -116,7 +116,8 @@ async fn mutated_files_never_crash() {
     seeds.push(("IVF64,Flat (sparse sizes)", sparse_seed(&x).await));
     // A second writer: Debian's python3-faiss.
     seeds.push(("IDMap,IVF8,SQ8 (python)", build_python(&x, D, "IDMap,IVF8,SQ8", Metric::L2)));
-    seeds.push(("IDMap2,PCA8,IVF8,PQ4x4 (python)", build_python(&x, D, "IDMap2,PCA8,IVF8,PQ4x4", Metric::InnerProduct)));
+    seeds
+        .push(("IDMap2,PCA8,IVF8,PQ4x4 (python)", build_python(&x, D, "IDMap2,PCA8,IVF8,PQ4x4", Metric::InnerProduct)));
 
     let mut mutants = Vec::new();
     for (name, bytes) in &seeds {

@@ -29,11 +29,7 @@ async fn ids(ctx: &SessionContext) -> datafusion::error::Result<Vec<i64>> {
 
 /// `lists_probed` of the index scan: the nlist of the index answering (nprobe = 64).
 async fn lists_probed(ctx: &SessionContext) -> usize {
-    let batches = ctx.sql(&format!("EXPLAIN ANALYZE {}", sql())).await.unwrap().collect().await.unwrap();
-    let text = datafusion::arrow::util::pretty::pretty_format_batches(&batches).unwrap().to_string();
-    let line = text.lines().find(|l| l.contains("IvfTopKExec")).unwrap_or_else(|| panic!("no index scan: {text}"));
-    let value = line.split("lists_probed=").nth(1).unwrap().split([',', ']']).next().unwrap();
-    value.trim().parse().unwrap()
+    metric(ctx, &sql(), "lists_probed").await
 }
 
 /// The query answers from an index of `nlist` lists, with the exact plan's rows.

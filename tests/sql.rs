@@ -27,23 +27,6 @@ async fn ids(ctx: &SessionContext, sql: &str) -> Vec<i64> {
     batches.iter().flat_map(|b| b.column(0).as_primitive::<Int64Type>().values().to_vec()).collect()
 }
 
-/// The index scan's metrics line of EXPLAIN ANALYZE, e.g. `gets=3`.
-async fn metric(ctx: &SessionContext, sql: &str, name: &str) -> usize {
-    let batches = ctx.sql(&format!("EXPLAIN ANALYZE {sql}")).await.unwrap().collect().await.unwrap();
-    let text = datafusion::arrow::util::pretty::pretty_format_batches(&batches).unwrap().to_string();
-    let line = text.lines().find(|l| l.contains("IvfTopKExec")).unwrap_or_else(|| panic!("no index scan in {text}"));
-    let value = line.split(&format!("{name}=")).nth(1).unwrap_or_else(|| panic!("no {name} in {line}"));
-    let value = value.split([',', ']']).next().unwrap().trim();
-    // DataFusion prints counts from 1000 on as "2.30 K".
-    let (number, scale) = match value.split_once(' ') {
-        Some((n, "K")) => (n, 1e3),
-        Some((n, "M")) => (n, 1e6),
-        _ => (value, 1.0),
-    };
-    let number: f64 = number.parse().unwrap_or_else(|_| panic!("{name}={value} in {line}"));
-    (number * scale).round() as usize
-}
-
 fn context(store: Arc<dyn ObjectStore>, url: &str) -> SessionContext {
     let ctx = SessionContext::new();
     ctx.register_object_store(ObjectStoreUrl::parse(url).unwrap().as_ref(), store);

@@ -24,6 +24,12 @@ impl Identity {
     }
 }
 
+impl std::fmt::Display for Identity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "inode {}, {} bytes, mtime {}.{:09}", self.ino, self.size, self.mtime.0, self.mtime.1)
+    }
+}
+
 /// A mapped index file, with what its path named when it was mapped.
 pub(crate) struct MappedFile {
     file: std::fs::File,
@@ -73,16 +79,13 @@ impl MappedFile {
     /// Fails with `Error::Changed` if the path now names another file (renamed over it),
     /// none, or the mapped file resized or rewritten: two `stat`s.
     pub(crate) fn check(&self) -> Result<()> {
-        let changed = |now: &str| Error::Changed {
+        let changed = |now: &dyn std::fmt::Display| Error::Changed {
             path: self.name.clone(),
-            opened: format!(
-                "inode {}, {} bytes, mtime {}.{:09}; the path now holds {now}",
-                self.opened.ino, self.opened.size, self.opened.mtime.0, self.opened.mtime.1
-            ),
+            opened: format!("{}; the path now holds {now}", self.opened),
         };
         let at_path = match std::fs::metadata(&self.file_path) {
             Ok(meta) => Identity::of(&meta),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(changed("no file")),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(changed(&"no file")),
             Err(e) => return Err(Error::Io { path: self.name.clone(), source: e.into() }),
         };
         let mapped = self
@@ -92,10 +95,7 @@ impl MappedFile {
             .map_err(|e| Error::Io { path: self.name.clone(), source: e.into() })?;
         for now in [at_path, mapped] {
             if now != self.opened {
-                return Err(changed(&format!(
-                    "inode {}, {} bytes, mtime {}.{:09}",
-                    now.ino, now.size, now.mtime.0, now.mtime.1
-                )));
+                return Err(changed(&now));
             }
         }
         Ok(())

@@ -146,22 +146,14 @@ impl Walk<'_> {
     /// count and where the elements start; their bytes are made resident for FAISS.
     fn vector(&mut self, field: &str, elem: u64) -> Result<(u64, u64)> {
         let (count, at) = self.u64(&format!("{field} length"))?;
-        let left = self.src.size().saturating_sub(self.pos);
         let bytes = count.checked_mul(elem).filter(|_| count < MAX_COUNT);
         let Some(bytes) = bytes else {
             return Err(self.bad(&format!("{field} length"), at, count, "larger than any FAISS vector"));
         };
-        if bytes > left {
-            // A count FAISS would accept: the file is cut short (or the count is wrong).
-            return Err(Error::Truncated {
-                path: self.src.name().to_string(),
-                field: format!("{field} (length {count} at offset {at})"),
-                needed: self.pos..self.pos + bytes,
-                size: self.src.size(),
-            });
-        }
+        // A count FAISS would accept for bytes the object lacks is `Truncated` (the file is
+        // cut short, or the count is wrong): `ensure` says so, naming where the count stands.
         let start = self.pos;
-        self.src.ensure(start, bytes, field)?;
+        self.src.ensure(start, bytes, &format!("{field} (length {count} at offset {at})"))?;
         self.pos += bytes;
         Ok((count, start))
     }

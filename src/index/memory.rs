@@ -20,9 +20,12 @@ impl InMemoryIndex {
     /// Parses a complete FAISS index file, after the same header check `IvfIndex::open`
     /// makes (FAISS's own reader trusts every count in the file).
     pub fn from_bytes(bytes: &[u8]) -> Result<InMemoryIndex> {
-        let mut src = HeaderSource::in_memory("index bytes".into(), bytes::Bytes::copy_from_slice(bytes));
-        super::format::check(&mut src)?;
-        let inner = bridge::read_full(bytes).map_err(|e| Error::faiss("reading index bytes", e))?;
+        Self::from_shared(bytes::Bytes::copy_from_slice(bytes))
+    }
+
+    fn from_shared(bytes: bytes::Bytes) -> Result<InMemoryIndex> {
+        super::format::check(&mut HeaderSource::in_memory("index bytes".into(), bytes.clone()))?;
+        let inner = bridge::read_full(&bytes).map_err(|e| Error::faiss("reading index bytes", e))?;
         let dimension = inner.info().d;
         Ok(InMemoryIndex { inner, dimension })
     }
@@ -36,7 +39,7 @@ impl InMemoryIndex {
             .bytes()
             .await
             .map_err(|e| Error::store(path.as_ref(), e))?;
-        tokio::task::spawn_blocking(move || InMemoryIndex::from_bytes(&bytes)).await.expect("index load task panicked")
+        tokio::task::spawn_blocking(move || InMemoryIndex::from_shared(bytes)).await.expect("index load task panicked")
     }
 
     pub fn dimension(&self) -> usize {

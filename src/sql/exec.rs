@@ -268,7 +268,8 @@ impl Run {
             None => spec.nprobe,
         }
         .clamp(1, index.info().nlist);
-        let mut reopened = false;
+        // Checked once per query: with the first search, and by the reopen after a change.
+        let (mut reopened, mut checked) = (false, false);
         // One past the candidates, to see whether the k-th place ties beyond them.
         let mut want = spec.candidates() + 1;
         loop {
@@ -280,8 +281,15 @@ impl Run {
                     None => index.search(&spec.query, want, nprobe).await,
                 }
             };
-            let (checked, result) = futures::join!(index.check(), search);
-            let result = match checked.and(result) {
+            let result = match checked {
+                true => search.await,
+                false => {
+                    let (current, result) = futures::join!(index.check(), search);
+                    checked = true;
+                    current.and(result)
+                }
+            };
+            let result = match result {
                 Err(e) if registry::is_changed(&e) && !reopened => {
                     registry::forget(spec.table.location(), &index);
                     index = spec.table.index(spec.cache_bytes).await?;

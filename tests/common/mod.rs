@@ -125,6 +125,23 @@ pub fn assert_same(ours: &SearchResult, reference: &(Vec<i64>, Vec<f32>), what: 
 pub mod proxy;
 pub mod tables;
 
+/// The index scan's metrics line of EXPLAIN ANALYZE, e.g. `gets=3`.
+pub async fn metric(ctx: &datafusion::prelude::SessionContext, sql: &str, name: &str) -> usize {
+    let batches = ctx.sql(&format!("EXPLAIN ANALYZE {sql}")).await.unwrap().collect().await.unwrap();
+    let text = datafusion::arrow::util::pretty::pretty_format_batches(&batches).unwrap().to_string();
+    let line = text.lines().find(|l| l.contains("IvfTopKExec")).unwrap_or_else(|| panic!("no index scan in {text}"));
+    let value = line.split(&format!("{name}=")).nth(1).unwrap_or_else(|| panic!("no {name} in {line}"));
+    let value = value.split([',', ']']).next().unwrap().trim();
+    // DataFusion prints counts from 1000 on as "2.30 K".
+    let (number, scale) = match value.split_once(' ') {
+        Some((n, "K")) => (n, 1e3),
+        Some((n, "M")) => (n, 1e6),
+        _ => (value, 1.0),
+    };
+    let number: f64 = number.parse().unwrap_or_else(|_| panic!("{name}={value} in {line}"));
+    (number * scale).round() as usize
+}
+
 /// The S3 test server started by `scripts/s3.sh start` (via `make test`), as a store.
 pub fn s3_store() -> Arc<dyn ObjectStore> {
     s3_store_with(None, Default::default(), Default::default())

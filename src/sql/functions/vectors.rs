@@ -106,11 +106,10 @@ impl Vectors {
         let values = match values.data_type() {
             DataType::Float32 => Values::F32(values.as_primitive::<Float32Type>().clone()),
             DataType::Float64 => Values::F64(values.as_primitive::<Float64Type>().clone()),
-            t if t.is_numeric() => {
+            // An empty literal `[]` has Null elements.
+            t if t.is_numeric() || *t == DataType::Null => {
                 Values::F64(cast(&values, &DataType::Float64)?.as_primitive::<Float64Type>().clone())
             }
-            // An empty literal `[]` has Null elements.
-            DataType::Null => Values::F64(cast(&values, &DataType::Float64)?.as_primitive::<Float64Type>().clone()),
             other => return exec_err!("{name}: vector elements must be numbers, got {other}"),
         };
         Ok(Vectors { values, rows, nulls: array.logical_nulls(), broadcast })
