@@ -30,3 +30,11 @@ if ! [ -x "$VENV/bin/weed" ] || ! grep -qx "$SEAWEEDFS_VERSION" "$VENV/.seaweedf
   fi
   echo "$SEAWEEDFS_VERSION" > "$VENV/.seaweedfs-version"
 fi
+
+# pyarrow writes Parquet the way users' pipelines do (its defaults: large row groups,
+# 1 MiB pages, no page index), for the tests and the benchmark report.
+PYARROW_VERSION=26.0.1
+if ! "$VENV/bin/python" -c "import pyarrow, sys; sys.exit(pyarrow.__version__ != '$PYARROW_VERSION')" 2>/dev/null; then
+  echo "setup: installing pyarrow $PYARROW_VERSION"
+  "$VENV/bin/pip" install -q --disable-pip-version-check "pyarrow==$PYARROW_VERSION" numpy
+fi

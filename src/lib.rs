@@ -15,6 +15,6 @@ pub mod sql;
 pub use error::{Error, Result};
 pub use fetch::{FetchStats, ListCache};
 pub use index::{
-    InMemoryIndex, IndexInfo, IvfIndex, IvfIndexBuilder, Metric, OpenOptions, SearchResult, SearchStats,
+    InMemoryIndex, IndexInfo, IvfIndex, IvfIndexBuilder, Metric, OpenOptions, SearchOptions, SearchResult, SearchStats,
     DEFAULT_CACHE_BYTES, MAX_RESULTS,
 };

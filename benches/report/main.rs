@@ -12,6 +12,7 @@ mod common;
 
 mod cells;
 mod data;
+mod lookup;
 mod output;
 mod sql;
 mod wire;
@@ -38,6 +39,17 @@ struct Plan {
     sql: SqlBudget,
     /// The cell of the cold-latency target: data set and nprobe (IVF-Flat, 30 ms).
     headline: (String, usize),
+    lookup: LookupPlan,
+}
+
+/// The row-lookup section: the IVF-Flat table of `dataset` as pyarrow writes it and in
+/// the tuned layout, plus a larger tuned set, local and on S3 with `latency`.
+struct LookupPlan {
+    dataset: String,
+    larger: Option<Spec>,
+    queries: usize,
+    exact_queries: usize,
+    latency: Duration,
 }
 
 fn full() -> Plan {
@@ -71,6 +83,20 @@ fn full() -> Plan {
         },
         sql: SqlBudget { index: (40, Duration::from_secs(2)), exact: (10, Duration::from_secs(8)) },
         headline: ("fashion-mnist".into(), 16),
+        lookup: LookupPlan {
+            dataset: "clustered-1m-128".into(),
+            larger: Some(Spec {
+                name: "clustered-4m-128".into(),
+                source: Source::Clustered { n: 4_000_000, nq: 60, d: 128, centers: 1000, seed: 8 },
+                factories: vec!["IVF1024,Flat".into()],
+                train_rows: 65536,
+                nlist: 1024,
+                k: 10,
+            }),
+            queries: 40,
+            exact_queries: 3,
+            latency: Duration::from_millis(30),
+        },
     }
 }
 
@@ -94,6 +120,13 @@ fn smoke() -> Plan {
         },
         sql: SqlBudget { index: (3, Duration::ZERO), exact: (3, Duration::ZERO) },
         headline: ("clustered-4k-16".into(), 4),
+        lookup: LookupPlan {
+            dataset: "clustered-4k-16".into(),
+            larger: None,
+            queries: 3,
+            exact_queries: 2,
+            latency: Duration::ZERO,
+        },
     }
 }
 
@@ -104,7 +137,14 @@ fn root() -> PathBuf {
 fn main() {
     // `cargo bench` passes --bench; `cargo test` runs bench targets without it.
     let is_full = std::env::args().any(|a| a == "--bench");
-    let plan = if is_full { full() } else { smoke() };
+    let mut plan = if is_full { full() } else { smoke() };
+    // DFF_REPORT=lookup measures the row-lookup section alone (its data set's IVF-Flat).
+    let only_lookup = std::env::var("DFF_REPORT").is_ok_and(|v| v == "lookup");
+    if only_lookup {
+        let name = plan.lookup.dataset.clone();
+        plan.specs.retain(|s| s.name == name);
+        plan.specs.iter_mut().for_each(|s| s.factories.retain(|f| f.ends_with(",Flat")));
+    }
     let started = Instant::now();
     std::fs::create_dir_all(&plan.out).unwrap();
     let datasets: Vec<data::Dataset> = plan.specs.iter().map(|s| data::prepare(s, &plan.out)).collect();
@@ -117,10 +157,11 @@ fn main() {
         recall: Vec::new(),
         cells: Vec::new(),
         sql: Vec::new(),
+        lookup: Vec::new(),
         headline: plan.headline.clone(),
     };
 
-    for ds in &datasets {
+    for ds in datasets.iter().filter(|_| !only_lookup) {
         for (factory, file) in &ds.indexes {
             let size = std::fs::metadata(file).unwrap().len();
             let key = Path::from(format!("bench/{}/{}", ds.name, file.file_name().unwrap().to_string_lossy()));
@@ -178,6 +219,8 @@ fn main() {
         report.sql.push(rt.block_on(sql::compare(ds, factory, file, 16.min(plan.nprobes[plan.nprobes.len() - 1]), &plan.sql)));
     }
 
+    rt.block_on(measure_lookup(&plan, &datasets, &s3, &mut report));
+
     report.setup.push(format!("whole run: {:.0} s", started.elapsed().as_secs_f64()));
     let md = report.markdown();
     std::fs::write(plan.out.join("report.md"), &md).unwrap();
@@ -193,6 +236,30 @@ fn main() {
             assert!(t.pass, "smoke: {}: {}", t.what, t.figure);
         }
         assert!(report.sql.iter().all(|r| r.recall_vs_exact > 0.0), "smoke: SQL through the index found nothing");
+    }
+}
+
+async fn measure_lookup(plan: &Plan, datasets: &[data::Dataset], s3: &Arc<dyn ObjectStore>, report: &mut Report) {
+    let lp = &plan.lookup;
+    let ds = datasets.iter().find(|d| d.name == lp.dataset).expect("the lookup's data set");
+    let (_, flat) = ds.indexes.iter().find(|(f, _)| f.ends_with(",Flat")).expect("an IVF-Flat index");
+    let pyarrow = lookup::pyarrow_copy(ds, &plan.out);
+    let rows = ds.n;
+    let tables = [
+        lookup::Table { name: format!("{} pyarrow defaults", ds.name), rows, parquet: pyarrow, index: flat.clone() },
+        lookup::Table { name: format!("{} tuned", ds.name), rows, parquet: ds.parquet.clone(), index: flat.clone() },
+    ];
+    for t in &tables {
+        report.lookup.push(lookup::local(ds, t, lp.queries, lp.exact_queries).await);
+        let prefix = format!("bench/lookup/{}", t.name.replace(' ', "-"));
+        report.lookup.push(lookup::s3(ds, t, s3.clone(), &prefix, lp.latency, lp.queries.min(20)).await);
+        eprintln!("report: lookup on {} measured", t.name);
+    }
+    if let Some(spec) = &lp.larger {
+        let big = data::prepare(spec, &plan.out);
+        let (_, flat) = &big.indexes[0];
+        let t = lookup::Table { name: format!("{} tuned", big.name), rows: big.n, parquet: big.parquet.clone(), index: flat.clone() };
+        report.lookup.push(lookup::local(&big, &t, lp.queries, lp.exact_queries).await);
     }
 }
 

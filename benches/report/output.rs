@@ -7,6 +7,7 @@ use std::path::Path as FsPath;
 use plotters::prelude::*;
 
 use crate::cells::{Cell, Mode, CONCURRENCY};
+use crate::lookup::LookupRow;
 use crate::sql::SqlRow;
 
 /// Recall over every query of a data set, FAISS in memory and ours (batched, local file).
@@ -28,6 +29,7 @@ pub struct Report {
     pub recall: Vec<RecallRow>,
     pub cells: Vec<Cell>,
     pub sql: Vec<SqlRow>,
+    pub lookup: Vec<LookupRow>,
     /// Data set and nprobe of the IVF-Flat cell at 30 ms that is the cold-latency target.
     pub headline: (String, usize),
 }
@@ -99,6 +101,8 @@ impl Report {
             });
         }
 
+        out.extend(self.lookup_targets());
+
         for store in ["local file", FAST] {
             let ratios: Vec<(f64, &Cell)> = of(Mode::Warm)
                 .filter(|c| c.store == store)
@@ -136,6 +140,8 @@ impl Report {
             });
         }
 
+        out.extend(self.lookup_targets());
+
         for store in ["local file", FAST] {
             let warm: Vec<&Cell> = of(Mode::Warm).filter(|c| c.store == store).collect();
             let scale = |c: &Cell| c.qps[1] / c.qps[0];
@@ -158,6 +164,49 @@ impl Report {
                     _ => "not measured".into(),
                 },
                 pass: !warm.is_empty() && passing == warm.len(),
+            });
+        }
+        out
+    }
+
+    fn lookup_targets(&self) -> Vec<Target> {
+        let mut out = vec![];
+        let local: Vec<&LookupRow> = self.lookup.iter().filter(|r| r.store == "local file").collect();
+        if let Some(r) = local.iter().find(|r| r.table.ends_with("pyarrow defaults")) {
+            out.push(Target {
+                what: format!("SQL top-10 on {} (local): index plan ≥ 100 × faster than the exact plan", r.table),
+                figure: format!("{:.0}× ({:.1} ms vs {:.1} ms p50)", r.ratio, r.index_p50_ms, r.exact_p50_ms),
+                pass: r.ratio >= 100.0,
+            });
+        }
+        let worst = local.iter().max_by(|a, b| a.lookup_p50_ms.total_cmp(&b.lookup_p50_ms));
+        if let Some(w) = worst {
+            out.push(Target {
+                what: "row lookup ≤ 3 ms at k = 10 (IVF-Flat, local files), every layout".into(),
+                figure: local.iter().map(|r| format!("{}: {:.2} ms", r.table, r.lookup_p50_ms)).collect::<Vec<_>>().join("; "),
+                pass: w.lookup_p50_ms <= 3.0,
+            });
+        }
+        let tuned: Vec<&&LookupRow> = local.iter().filter(|r| r.table.ends_with("tuned")).collect();
+        if let (Some(small), Some(big)) = (tuned.iter().min_by_key(|r| r.rows), tuned.iter().max_by_key(|r| r.rows)) {
+            if big.rows > small.rows {
+                let growth = (big.index_p50_ms - big.search_p50_ms) / (small.index_p50_ms - small.search_p50_ms);
+                out.push(Target {
+                    what: format!("index plan p50 apart from FAISS's search grows ≤ 1.3 × from {} to {} rows", small.rows, big.rows),
+                    figure: format!(
+                        "{growth:.2}× ({:.1} − {:.1} ms vs {:.1} − {:.1} ms)",
+                        big.index_p50_ms, big.search_p50_ms, small.index_p50_ms, small.search_p50_ms
+                    ),
+                    pass: growth <= 1.3,
+                });
+            }
+        }
+        for r in self.lookup.iter().filter(|r| r.store.starts_with("S3")) {
+            let (trips, alone) = (r.round_trips.unwrap_or(f64::NAN), r.search_alone_p50_ms.unwrap_or(f64::NAN));
+            out.push(Target {
+                what: format!("{} on {}: cold top-10 (metadata cached) ≤ 2 round trips, p50 ≤ index search alone + 40 ms", r.table, r.store),
+                figure: format!("{trips:.0} round trips; {:.1} ms vs {alone:.1} ms", r.index_p50_ms),
+                pass: trips <= 2.0 && r.index_p50_ms <= alone + 40.0,
             });
         }
         out
@@ -193,6 +242,32 @@ impl Report {
                 r.recall_vs_truth,
                 r.index_queries,
                 r.exact_queries
+            );
+        }
+
+        let _ = writeln!(md, "\n## SQL row lookup: `SELECT id, label, vec_distance(...) AS d ... ORDER BY d LIMIT 10`, IVF1024,Flat, nprobe 16\n");
+        let _ = writeln!(
+            md,
+            "| table | rows | store | index plan p50 | exact plan p50 | ratio | FAISS search p50 | lookup p50 | table GETs / query | table bytes / query | round trips p50 | index search alone p50 |\n|---|---|---|---|---|---|---|---|---|---|---|---|"
+        );
+        let opt = |v: Option<f64>, unit: &str| v.map_or("—".to_string(), |v| format!("{v:.1}{unit}"));
+        for r in &self.lookup {
+            let exact = r.exact_p50_ms.is_finite().then_some(r.exact_p50_ms);
+            let _ = writeln!(
+                md,
+                "| {} | {} | {} | {:.1} ms | {} | {} | {:.1} ms | {:.2} ms | {:.1} | {:.0} KiB | {} | {} |",
+                r.table,
+                r.rows,
+                r.store,
+                r.index_p50_ms,
+                opt(exact, " ms"),
+                opt(exact.map(|_| r.ratio), "×"),
+                r.search_p50_ms,
+                r.lookup_p50_ms,
+                r.table_gets,
+                r.table_bytes / 1024.0,
+                opt(r.round_trips, ""),
+                opt(r.search_alone_p50_ms, " ms"),
             );
         }
 

@@ -5,9 +5,10 @@
 //! sample for training; a second pass streams the rows into the index batch by batch. When
 //! the sample turned out to hold every row, the second pass is skipped.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use datafusion::arrow::array::{Array, ArrayRef, AsArray, Float32Array, RecordBatch};
+use datafusion::arrow::array::{Array, ArrayRef, AsArray, Float32Array, Int64Array, RecordBatch};
 use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::{DataType, Int64Type};
 use datafusion::prelude::{ParquetReadOptions, SessionContext};
@@ -33,6 +34,10 @@ pub struct BuildArgs {
     /// Integer column whose values become the index ids.
     #[arg(long, default_value = "id")]
     key: String,
+    /// No ids: each vector's id is its row's position in the table (files in path order,
+    /// rows in file order), as FAISS numbers `index.add(x)`; declare the table without 'key'.
+    #[arg(long, conflicts_with_all = ["key", "query", "tables"])]
+    positions: bool,
     /// Vector column: FixedSizeList or List of Float32.
     #[arg(long, default_value = "embedding")]
     vector: String,
@@ -74,14 +79,21 @@ pub async fn run(args: BuildArgs) -> CliResult {
         let (name, url) = table.split_once('=').ok_or_else(|| format!("--table {table}: expected NAME=URL"))?;
         register_parquet(&ctx, name, url).await?;
     }
-    let query = match (&args.query, &args.input) {
-        (Some(q), _) => q.clone(),
-        (None, Some(_)) => format!("SELECT \"{}\", \"{}\" FROM input", args.key, args.vector),
-        (None, None) => return Err("give --input (a Parquet file or folder) or --query".into()),
+    let key = (!args.positions).then_some(args.key);
+    let query = match (&args.query, &args.input, &key) {
+        (Some(q), _, _) => q.clone(),
+        (None, Some(_), Some(key)) => format!("SELECT \"{key}\", \"{}\" FROM input", args.vector),
+        (None, Some(_), None) => {
+            // Positions are counted as the rows come: one partition reads the files in
+            // path order, each in row order.
+            ctx.sql("SET datafusion.execution.target_partitions = 1").await?;
+            format!("SELECT \"{}\" FROM input", args.vector)
+        }
+        (None, None, _) => return Err("give --input (a Parquet file or folder) or --query".into()),
     };
     let spec = Spec {
         query,
-        key: args.key,
+        key,
         vector: args.vector,
         factory: args.factory,
         metric: args.metric,
@@ -95,7 +107,8 @@ pub async fn run(args: BuildArgs) -> CliResult {
 /// What to index and how.
 pub struct Spec {
     pub query: String,
-    pub key: String,
+    /// `None`: ids are row positions.
+    pub key: Option<String>,
     pub vector: String,
     pub factory: String,
     pub metric: MetricArg,
@@ -109,7 +122,7 @@ pub async fn build(ctx: &SessionContext, spec: &Spec, out: &Location) -> CliResu
     let query = &spec.query;
     let cosine = matches!(spec.metric, MetricArg::Cosine);
     let metric = if matches!(spec.metric, MetricArg::L2) { Metric::L2 } else { Metric::InnerProduct };
-    let mut rows = Rows::new(ctx, query, &spec.key, &spec.vector, cosine).await?;
+    let mut rows = Rows::new(ctx, query, spec.key.as_deref(), &spec.vector, cosine).await?;
     // Pass 1: validate every row, count them, keep a sample.
     let bar = spinner("reading", "{prefix:>9} {spinner} {human_pos} rows  {per_sec}  {elapsed}");
     let mut sample = None;
@@ -263,7 +276,7 @@ pub async fn register_parquet(ctx: &SessionContext, name: &str, url: &str) -> Cl
 /// The key and vector columns of a query's rows, checked as they come.
 struct Rows {
     query: String,
-    key: String,
+    key: Option<String>,
     vector: String,
     normalise: bool,
     dimension: Option<usize>,
@@ -271,7 +284,7 @@ struct Rows {
 }
 
 impl Rows {
-    async fn new(ctx: &SessionContext, query: &str, key: &str, vector: &str, normalise: bool) -> CliResult<Rows> {
+    async fn new(ctx: &SessionContext, query: &str, key: Option<&str>, vector: &str, normalise: bool) -> CliResult<Rows> {
         let schema = ctx.sql(query).await.map_err(|e| format!("{query:?}: {e}"))?.schema().as_arrow().clone();
         let column = |name: &str| {
             schema.field_with_name(name).map(|f| f.data_type().clone()).map_err(|_| {
@@ -279,9 +292,13 @@ impl Rows {
                 format!("{query:?} has no column {name:?} (it has {})", names.join(", "))
             })
         };
-        let key_type = column(key)?;
-        if !key_type.is_integer() || key_type == DataType::UInt64 {
-            return Err(format!("key column {key:?} is {key_type}; expected an integer type that fits in Int64").into());
+        if let Some(key) = key {
+            let key_type = column(key)?;
+            if !key_type.is_integer() || key_type == DataType::UInt64 {
+                return Err(
+                    format!("key column {key:?} is {key_type}; expected an integer type that fits in Int64").into()
+                );
+            }
         }
         let dimension = match column(vector)? {
             DataType::FixedSizeList(f, n) if f.data_type() == &DataType::Float32 => Some(n as usize),
@@ -299,7 +316,7 @@ impl Rows {
         }
         Ok(Rows {
             query: query.to_string(),
-            key: key.to_string(),
+            key: key.map(str::to_string),
             vector: vector.to_string(),
             normalise,
             dimension,
@@ -329,10 +346,13 @@ impl Rows {
         self.row += n as u64;
         let column =
             |name: &str| batch.column_by_name(name).cloned().ok_or_else(|| format!("batch lost column {name:?}"));
-        let keys = cast(&column(&self.key)?, &DataType::Int64)?;
+        let keys = match &self.key {
+            Some(key) => cast(&column(key)?, &DataType::Int64)?,
+            None => Arc::new(Int64Array::from_iter_values(first as i64..(first + n as u64) as i64)),
+        };
         let keys = keys.as_primitive::<Int64Type>();
         if let Some(i) = (0..n).find(|&i| keys.is_null(i)) {
-            return Err(format!("key column {:?}: NULL at row {}", self.key, first + i as u64).into());
+            return Err(format!("key column {:?}: NULL at row {}", self.key.as_deref().unwrap_or(""), first + i as u64).into());
         }
         let vectors = column(&self.vector)?;
         let (values, spans) = spans(&vectors);

@@ -61,7 +61,7 @@ pub async fn run(args: DemoArgs) -> CliResult {
         super::build::register_parquet(&ctx, "input", &table.to_string_lossy()).await?;
         let spec = Spec {
             query: "SELECT id, embedding FROM input".into(),
-            key: "id".into(),
+            key: Some("id".into()),
             vector: "embedding".into(),
             factory: format!("IVF{},Flat", args.nlist),
             metric: MetricArg::L2,

@@ -103,7 +103,20 @@ pub struct SearchResult {
     pub k: usize,
     pub ids: Vec<i64>,
     pub distances: Vec<f32>,
+    /// The stored code of each result (`ids.len() × code_size` bytes, zeros where the id
+    /// is -1), when [`SearchOptions::codes`] asked for them; empty otherwise. For
+    /// IVF-Flat the code is the vector itself (`dimension` f32, little-endian).
+    pub codes: Vec<u8>,
     pub stats: SearchStats,
+}
+
+/// What a search returns besides ids and distances, and which entries it may return.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct SearchOptions<'a> {
+    /// Only entries whose id is in this set are candidates (FAISS's `IDSelector`).
+    pub allowed: Option<&'a [i64]>,
+    /// Copy each result's stored code out of the probed lists.
+    pub codes: bool,
 }
 
 /// An IVF index opened without its list data. Cheap to share (`Arc`) and search from
@@ -252,7 +265,7 @@ impl IvfIndex {
     /// each, probing `nprobe` lists per query (capped at nlist). Results equal FAISS's
     /// own search of the same file with the same nprobe.
     pub async fn search(&self, queries: &[f32], k: usize, nprobe: usize) -> Result<SearchResult> {
-        self.search_with(queries, k, nprobe, None).await
+        self.search_with(queries, k, nprobe, SearchOptions::default()).await
     }
 
     /// Like [`search`](Self::search), but only entries whose id is in `allowed` are
@@ -265,22 +278,29 @@ impl IvfIndex {
         nprobe: usize,
         allowed: &[i64],
     ) -> Result<SearchResult> {
-        let mut allowed = allowed.to_vec();
-        // Callers often pass a set already sorted (the SQL layer does, once per query).
-        if !allowed.is_sorted_by(|a, b| a < b) {
-            allowed.sort_unstable();
-            allowed.dedup();
-        }
-        self.search_with(queries, k, nprobe, Some(allowed.into())).await
+        self.search_with(queries, k, nprobe, SearchOptions { allowed: Some(allowed), codes: false }).await
     }
 
-    async fn search_with(
+    /// [`search`](Self::search) with [`SearchOptions`].
+    pub async fn search_with(
         &self,
         queries: &[f32],
         k: usize,
         nprobe: usize,
-        allowed: Option<Arc<[i64]>>,
+        options: SearchOptions<'_>,
     ) -> Result<SearchResult> {
+        let allowed: Option<Arc<[i64]>> = options.allowed.map(|allowed| {
+            // Callers often pass a set already sorted (the SQL layer does, once per query).
+            match allowed.is_sorted_by(|a, b| a < b) {
+                true => allowed.into(),
+                false => {
+                    let mut allowed = allowed.to_vec();
+                    allowed.sort_unstable();
+                    allowed.dedup();
+                    allowed.into()
+                }
+            }
+        });
         let d = self.info.dimension;
         check_queries(queries, d)?;
         if k == 0 {
@@ -323,6 +343,7 @@ impl IvfIndex {
         let (data, fetched) = self.fetcher.fetch(&needed).await?;
 
         let inner = self.inner.clone();
+        let code_size = if options.codes { self.info.code_size } else { 0 };
         let scanned = off_runtime(move || {
             let views: Vec<bridge::ListBytes> = data
                 .iter()
@@ -335,17 +356,53 @@ impl IvfIndex {
             let allowed: &[i64] = allowed.as_deref().unwrap_or(&[]);
             inner
                 .scan(x, k, nprobe, &lists, &coarse, &views, filtered, allowed, &mut distances, &mut ids)
-                .map(|s| (distances, ids, s))
+                .map(|s| {
+                    let codes = stored_codes(&data, &ids, code_size);
+                    (distances, ids, codes, s)
+                })
         })
         .await;
-        let (distances, ids, scan) = scanned.map_err(|e| Error::faiss(context(), e))?;
+        let (distances, ids, codes, scan) = scanned.map_err(|e| Error::faiss(context(), e))?;
         Ok(SearchResult {
             k,
             ids,
             distances,
+            codes,
             stats: SearchStats { lists_probed: needed.len() as u64, codes_scanned: scan.codes_scanned, fetch: fetched },
         })
     }
+}
+
+/// The code stored for each of `ids` in the probed `lists` (list bytes: `size` codes,
+/// then `size` ids), `code_size` bytes each; nothing when `code_size` is 0, or when an id
+/// is stored twice with different codes (which of them FAISS returned is not known).
+fn stored_codes(lists: &[(usize, Bytes)], ids: &[i64], code_size: usize) -> Vec<u8> {
+    if code_size == 0 {
+        return vec![];
+    }
+    let mut at: std::collections::HashMap<i64, Option<&[u8]>> =
+        ids.iter().filter(|&&id| id >= 0).map(|&id| (id, None)).collect();
+    for (_, bytes) in lists {
+        let size = bytes.len() / (code_size + 8);
+        let (codes, list_ids) = bytes.split_at(size * code_size);
+        for (i, id) in list_ids.chunks_exact(8).enumerate() {
+            let id = i64::from_le_bytes(id.try_into().expect("8 bytes"));
+            if let Some(found) = at.get_mut(&id) {
+                let code = &codes[i * code_size..][..code_size];
+                match found {
+                    Some(seen) if *seen != code => return vec![],
+                    _ => *found = Some(code),
+                }
+            }
+        }
+    }
+    let mut out = vec![0u8; ids.len() * code_size];
+    for (slot, id) in out.chunks_exact_mut(code_size).zip(ids) {
+        if let Some(Some(code)) = at.get(id) {
+            slot.copy_from_slice(code);
+        }
+    }
+    out
 }
 
 /// Runs FAISS work where it does not stall the runtime's workers: in place on a

@@ -1,29 +1,26 @@
 //! The physical index scan: search the index for candidate ids, then emit the base
-//! table's rows for them. With a WHERE filter, the allowed keys come first (a scan of the
-//! key and filter columns) and either restrict the index search or, when few rows pass,
-//! are emitted whole for an exact ranking.
+//! table's rows for them, read by position ([`super::rows`]). With a WHERE filter, the
+//! allowed ids come first (a scan of the key and filter columns) and either restrict the
+//! index search or, when few rows pass, are emitted whole for an exact ranking.
 
 use std::fmt;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use datafusion::arrow::array::{AsArray, RecordBatch};
-use datafusion::arrow::compute::{cast, filter_record_batch};
+use datafusion::arrow::array::{AsArray, RecordBatch, RecordBatchOptions};
+use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::{DataType, Int64Type, SchemaRef};
 use datafusion::catalog::{Session, TableProvider};
 use datafusion::common::tree_node::TreeNodeRecursion;
-use datafusion::common::{exec_err, internal_err, DFSchema, Result, ScalarValue};
+use datafusion::common::{exec_err, internal_err, DFSchema, DataFusionError, Result, ScalarValue};
+use datafusion::datasource::provider_as_source;
 use datafusion::execution::context::{QueryPlanner, SessionState};
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
-use datafusion::logical_expr::expr::InList;
 use datafusion::logical_expr::physical_planning_context::PhysicalPlanningContext;
 use datafusion::logical_expr::utils::conjunction;
-use datafusion::logical_expr::{col, lit, Expr, LogicalPlan, UserDefinedLogicalNode};
+use datafusion::logical_expr::{col, lit, Expr, LogicalPlan, LogicalPlanBuilder, UserDefinedLogicalNode};
 use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
-use datafusion::physical_optimizer::filter_pushdown::FilterPushdown;
-use datafusion::physical_optimizer::PhysicalOptimizerRule;
 use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
-use datafusion::physical_plan::filter::FilterExec;
 use datafusion::physical_plan::metrics::{Count, ExecutionPlanMetricsSet, MetricBuilder, MetricsSet, Time};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{
@@ -34,8 +31,9 @@ use futures::{StreamExt, TryStreamExt};
 
 use super::node::{IvfTopKNode, TopK};
 use super::registry;
+use super::rows::{keys, Listed, TableIo};
 use super::table::index_error;
-use crate::SearchStats;
+use crate::{SearchOptions, SearchStats};
 
 /// Physical planning with the index scan added to DataFusion's own planner.
 #[derive(Debug, Default)]
@@ -148,8 +146,13 @@ impl ExecutionPlan for IvfTopKExec {
         if partition != 0 {
             return internal_err!("IvfTopKExec has one partition, asked for {partition}");
         }
-        let run =
-            Run { spec: self.spec.clone(), state: self.state.clone(), context, counts: Counts::new(&self.metrics) };
+        let run = Run {
+            spec: self.spec.clone(),
+            state: self.state.clone(),
+            context,
+            counts: Counts::new(&self.metrics),
+            io: Arc::new(TableIo::default()),
+        };
         let batches = futures::stream::once(run.rows()).try_flatten();
         Ok(Box::pin(RecordBatchStreamAdapter::new(self.schema.clone(), batches)))
     }
@@ -170,8 +173,12 @@ struct Counts {
     candidates: Count,
     base_rows_read: Count,
     rows_reranked: Count,
+    table_gets: Count,
+    table_waves: Count,
+    table_bytes: Count,
     filter_time: Time,
     search_time: Time,
+    lookup_time: Time,
 }
 
 impl Counts {
@@ -192,8 +199,19 @@ impl Counts {
             base_rows_read: c("base_rows_read"),
             filter_time: MetricBuilder::new(metrics).subset_time("filter_time", 0),
             search_time: MetricBuilder::new(metrics).subset_time("search_time", 0),
+            lookup_time: MetricBuilder::new(metrics).subset_time("lookup_time", 0),
             rows_reranked: c("rows_reranked"),
+            table_gets: c("table_gets"),
+            table_waves: c("table_waves"),
+            table_bytes: c("table_bytes"),
         }
+    }
+
+    fn add_table(&self, io: &TableIo) {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.table_gets.add(io.gets.load(Relaxed) as usize);
+        self.table_waves.add(io.waves.load(Relaxed) as usize);
+        self.table_bytes.add(io.bytes.load(Relaxed) as usize);
     }
 
     fn add_search(&self, s: &SearchStats) {
@@ -212,9 +230,16 @@ struct Run {
     state: SessionState,
     context: Arc<TaskContext>,
     counts: Counts,
+    io: Arc<TableIo>,
 }
 
 type Batches = futures::stream::BoxStream<'static, Result<RecordBatch>>;
+
+/// The index's candidates: ids, and their vectors where the index's copy serves.
+struct Candidates {
+    ids: Vec<i64>,
+    vectors: Option<Vec<f32>>,
+}
 
 impl Run {
     async fn rows(self) -> Result<Batches> {
@@ -223,18 +248,18 @@ impl Run {
             true => None,
             false => {
                 let start = std::time::Instant::now();
-                let keys = self.allowed_keys().await?;
+                let ids = self.allowed_ids().await?;
                 self.counts.filter_time.add_elapsed(start);
-                Some(keys)
+                Some(ids)
             }
         };
-        if let Some(keys) = &allowed {
-            self.counts.allowed_rows.add(keys.len());
+        if let Some(ids) = &allowed {
+            self.counts.allowed_rows.add(ids.len());
             let rows = spec.table.index_info().ntotal as f64;
-            if keys.is_empty() {
+            if ids.is_empty() {
                 return Ok(futures::stream::empty().boxed());
             }
-            if keys.len() <= spec.candidates() || keys.len() as f64 <= spec.brute_force_fraction * rows {
+            if ids.len() <= spec.candidates() || ids.len() as f64 <= spec.brute_force_fraction * rows {
                 return self.brute_force().await;
             }
         }
@@ -242,20 +267,40 @@ impl Run {
             // The index would return every row anyway.
             return self.brute_force().await;
         }
+        // The table is listed (one LIST or HEAD) while the index is searched.
         let start = std::time::Instant::now();
-        let found = self.search(allowed.as_deref()).await?;
-        self.counts.search_time.add_elapsed(start);
-        let Some(ids) = found else {
+        let search = async {
+            let found = self.search(allowed.as_deref()).await;
+            self.counts.search_time.add_elapsed(start);
+            found
+        };
+        let columns = self.read_columns();
+        let (found, listed) = futures::join!(search, Listed::list(spec.table.base(), &self.state, &columns));
+        let Some(found) = found? else {
             // Fewer than k indexed rows pass: the index cannot be complete for this query.
             return self.brute_force().await;
         };
-        self.counts.candidates.add(ids.len());
-        self.rows_with_keys(ids).await
+        self.counts.candidates.add(found.ids.len());
+        let start = std::time::Instant::now();
+        let rows = match listed? {
+            Some(listed) => self.rows_at(found, listed).await,
+            None => self.rows_with_keys(found.ids).await,
+        };
+        self.counts.lookup_time.add_elapsed(start);
+        self.counts.add_table(&self.io);
+        rows
+    }
+
+    /// Base-table columns the row lookup reads: the scan's, but the vector column when
+    /// the index's vectors serve.
+    fn read_columns(&self) -> Vec<usize> {
+        let vector = self.spec.table.vector_index();
+        self.spec.projection.iter().copied().filter(|&c| !(self.spec.vectors_from_index && c == vector)).collect()
     }
 
     /// Candidate ids from the index, probing more lists until at least k are found;
     /// `None` when even all lists hold fewer than k (allowed) entries.
-    async fn search(&self, allowed: Option<&[i64]>) -> Result<Option<Vec<i64>>> {
+    async fn search(&self, allowed: Option<&[i64]>) -> Result<Option<Candidates>> {
         let spec = &self.spec;
         let mut index = spec.table.index(spec.cache_bytes).await?;
         // With a filter, probe as many more lists as the filter is selective, so about as
@@ -275,12 +320,8 @@ impl Run {
         loop {
             // The search notices a replaced object only through the GETs it makes; with
             // every list cached it makes none, so the path is checked alongside it.
-            let search = async {
-                match allowed {
-                    Some(keys) => index.search_among(&spec.query, want, nprobe, keys).await,
-                    None => index.search(&spec.query, want, nprobe).await,
-                }
-            };
+            let options = SearchOptions { allowed, codes: spec.vectors_from_index };
+            let search = index.search_with(&spec.query, want, nprobe, options);
             let result = match checked {
                 true => search.await,
                 false => {
@@ -299,8 +340,20 @@ impl Run {
                 r => r.map_err(|e| index_error(spec.table.location(), e))?,
             };
             self.counts.add_search(&result.stats);
-            let mut found: Vec<(i64, f32)> =
-                result.ids.into_iter().zip(result.distances).filter(|&(id, _)| id >= 0).collect();
+            let d = index.info().dimension;
+            let code_size = index.info().code_size;
+            // The index's vectors serve only where its codes are the vectors (checked
+            // again here: the object may have been replaced since planning).
+            let codes = (spec.vectors_from_index && !result.codes.is_empty() && code_size == 4 * d)
+                .then_some(result.codes);
+            let mut found: Vec<(i64, f32, usize)> = result
+                .ids
+                .into_iter()
+                .zip(result.distances)
+                .enumerate()
+                .filter(|&(_, (id, _))| id >= 0)
+                .map(|(at, (id, d))| (id, d, at))
+                .collect();
             let (nlist, ntotal) = (index.info().nlist, index.info().ntotal as usize);
             // Rows tied with the k-th (duplicates, or FAISS's f32 rounding against the exact
             // re-rank's f64) may reach past the candidates; the exact plan breaks such ties
@@ -314,61 +367,226 @@ impl Run {
                     want = want.saturating_mul(2).min(ntotal);
                     continue;
                 }
-                let ties = found.iter().rposition(|&(_, d)| tied(d)).map_or(0, |p| p + 1);
+                let ties = found.iter().rposition(|&(_, d, _)| tied(d)).map_or(0, |p| p + 1);
                 found.truncate(spec.candidates().max(ties));
             }
-            let ids: Vec<i64> = found.into_iter().map(|(id, _)| id).collect();
-            if ids.len() >= spec.k || nprobe >= nlist {
+            if found.len() >= spec.k || nprobe >= nlist {
                 self.counts.nprobe.add(nprobe.min(nlist));
-                return Ok((ids.len() >= spec.k).then_some(ids));
+                if found.len() < spec.k {
+                    return Ok(None);
+                }
+                let vectors = codes.map(|codes| {
+                    found
+                        .iter()
+                        .flat_map(|&(_, _, at)| {
+                            codes[at * code_size..][..code_size]
+                                .chunks_exact(4)
+                                .map(|b| f32::from_le_bytes(b.try_into().expect("4 bytes")))
+                        })
+                        .collect()
+                });
+                return Ok(Some(Candidates { ids: found.into_iter().map(|(id, _, _)| id).collect(), vectors }));
             }
             nprobe = nprobe.saturating_mul(2).min(nlist);
         }
     }
 
-    /// Keys of the rows passing the filters, sorted.
-    async fn allowed_keys(&self) -> Result<Vec<i64>> {
-        let key = self.spec.table.key_index();
-        let mut stream = self.scan(&[key], &self.spec.filters, &self.spec.filters).await?;
-        let mut keys = vec![];
-        while let Some(batch) = stream.next().await {
-            let batch = batch?;
-            let column = batch.column_by_name(&self.spec.table.options().key).expect("key column scanned");
-            let column = cast(column, &DataType::Int64)?;
-            keys.extend(column.as_primitive::<Int64Type>().iter().flatten());
+    /// Ids (keys, or row positions) of the rows passing the filters, sorted.
+    async fn allowed_ids(&self) -> Result<Vec<i64>> {
+        let table = &self.spec.table;
+        let mut ids = vec![];
+        match table.key_index() {
+            Some(key) => {
+                let (plan, mut stream) = self.planned(&[key], &self.spec.filters).await?;
+                while let Some(batch) = stream.next().await {
+                    let column = cast(batch?.column(0), &DataType::Int64)?;
+                    ids.extend(column.as_primitive::<Int64Type>().iter().flatten());
+                }
+                self.counts.base_rows_read.add(rows_scanned(&plan));
+            }
+            None => {
+                // Positions need the rows in table order: every row of the filter's
+                // columns, file by file.
+                let columns = self.filter_columns();
+                let Some(listed) = Listed::list(table.base(), &self.state, &columns).await? else {
+                    return internal_err!("a table without key column is read from Parquet files");
+                };
+                let located = listed.locate(&self.io).await?;
+                let batches = located.read_all(None, &self.context, &self.io).await?;
+                let predicate = conjunction(self.spec.filters.iter().cloned()).expect("filters");
+                let mut position = 0i64;
+                for batch in batches {
+                    self.counts.base_rows_read.add(batch.num_rows());
+                    let predicate = self.state.create_physical_expr(predicate.clone(), &DFSchema::try_from(batch.schema())?)?;
+                    let keep = predicate.evaluate(&batch)?.into_array(batch.num_rows())?;
+                    for (i, pass) in keep.as_boolean().iter().enumerate() {
+                        if pass == Some(true) {
+                            ids.push(position + i as i64);
+                        }
+                    }
+                    position += batch.num_rows() as i64;
+                }
+                if position as u64 != located.rows() {
+                    return internal_err!("read {position} rows of the table's {}", located.rows());
+                }
+            }
         }
-        keys.sort_unstable();
-        keys.dedup();
-        Ok(keys)
+        ids.sort_unstable();
+        ids.dedup();
+        Ok(ids)
+    }
+
+    /// Base-table columns the filters read.
+    fn filter_columns(&self) -> Vec<usize> {
+        let schema = self.spec.table.schema();
+        let mut columns: Vec<usize> = self
+            .spec
+            .filters
+            .iter()
+            .flat_map(|f| f.column_refs().into_iter().filter_map(|c| schema.index_of(&c.name).ok()).collect::<Vec<_>>())
+            .collect();
+        columns.sort_unstable();
+        columns.dedup();
+        columns
     }
 
     /// Every row passing the filters.
     async fn brute_force(&self) -> Result<Batches> {
         self.counts.brute_force.add(1);
-        let stream = self.scan(&self.spec.projection, &self.spec.filters, &self.spec.filters).await?;
-        Ok(self.emit(stream, &self.spec.projection))
+        let (plan, stream) = self.planned(&self.spec.projection, &self.spec.filters).await?;
+        let (read, reranked) = (self.counts.base_rows_read.clone(), self.counts.rows_reranked.clone());
+        let stream = stream.map(move |batch| {
+            let batch = batch?;
+            reranked.add(batch.num_rows());
+            Ok(batch)
+        });
+        let done = futures::stream::once(async move {
+            read.add(rows_scanned(&plan));
+            Ok::<_, DataFusionError>(None)
+        });
+        Ok(stream.map_ok(Some).chain(done).try_filter_map(|b| async move { Ok(b) }).boxed())
     }
 
-    /// The rows whose key is one of `ids`; key-range pruning of the base table skips the
-    /// row groups (and pages) holding none of them.
+    /// The rows of the candidates, looked up by position: the ids are positions, or keys
+    /// mapped to positions.
+    async fn rows_at(&self, found: Candidates, listed: Listed) -> Result<Batches> {
+        let spec = &self.spec;
+        let table = &spec.table;
+        let located = listed.locate(&self.io).await?;
+        // (position, candidate) for every row of a candidate.
+        let mut at: Vec<(u64, usize)> = vec![];
+        let mut missing = vec![];
+        match table.key_index() {
+            Some(key) => {
+                let name = table.schema().field(key).name().clone();
+                let key_only = async {
+                    let listed = Listed::list(table.base(), &self.state, &[key]).await?;
+                    listed.ok_or_else(|| DataFusionError::Internal("listed before".into()))
+                };
+                let map = keys::key_map(&located, key_only, &name, &self.context, &self.io).await?;
+                for (c, &id) in found.ids.iter().enumerate() {
+                    let positions = map.positions(id);
+                    if positions.is_empty() {
+                        missing.push(id);
+                    }
+                    at.extend(positions.iter().map(|&p| (p, c)));
+                }
+            }
+            None => {
+                for (c, &id) in found.ids.iter().enumerate() {
+                    match u64::try_from(id).ok().filter(|&p| p < located.rows()) {
+                        Some(p) => at.push((p, c)),
+                        None => missing.push(id),
+                    }
+                }
+            }
+        }
+        let present = found.ids.len() - missing.len();
+        if present < spec.k.min(found.ids.len()) {
+            let what = match table.key_index() {
+                Some(key) => format!("key column '{}' of the table", table.schema().field(key).name()),
+                None => format!("row positions of the table (it has {} rows)", located.rows()),
+            };
+            let missing: Vec<String> = missing.iter().take(5).map(|id| id.to_string()).collect();
+            return exec_err!(
+                "index ids do not match {what}: the index {} returned {} candidate ids, only {present} of them are in the table (missing e.g. {}). Is OPTIONS ('index' ...) the index built from this table{}? (Rows deleted since the build are missing too: rebuild the index.)",
+                table.location().as_str(),
+                found.ids.len(),
+                missing.join(", "),
+                if table.key_index().is_some() { ", with these keys" } else { ", its vectors added in table order" }
+            );
+        }
+        at.sort_unstable();
+        at.dedup_by_key(|&mut (p, _)| p);
+        // A key on several rows: those rows may hold other vectors than the index's.
+        let repeated = at.len() > present;
+        let vectors = found.vectors.filter(|_| !repeated);
+        let (located, columns) = match vectors.is_some() || !spec.vectors_from_index {
+            true => (located, self.read_columns()),
+            false => {
+                let columns = spec.projection.clone();
+                let listed = Listed::list(table.base(), &self.state, &columns).await?.expect("listed before");
+                (listed.locate(&self.io).await?, columns)
+            }
+        };
+        let positions: Vec<u64> = at.iter().map(|&(p, _)| p).collect();
+        let batches = match columns.is_empty() {
+            true => vec![],
+            false => located.read(&positions, &self.context, &self.io).await?,
+        };
+        self.counts.base_rows_read.add(batches.iter().map(|b| b.num_rows()).sum());
+        let schema = Arc::new(table.schema().project(&spec.projection)?);
+        let d = table.index_info().dimension;
+        let mut out = vec![];
+        let mut row = 0;
+        let batches: Vec<Option<RecordBatch>> = match columns.is_empty() {
+            true => vec![None],
+            false => batches.into_iter().map(Some).collect(),
+        };
+        for batch in batches {
+            let n = batch.as_ref().map_or(at.len(), |b| b.num_rows());
+            let mut arrays = vec![];
+            for &c in &spec.projection {
+                match columns.iter().position(|&x| x == c) {
+                    Some(i) => arrays.push(batch.as_ref().expect("columns read").column(i).clone()),
+                    None => {
+                        let vectors = vectors.as_ref().expect("vectors from the index");
+                        let rows = at[row..row + n].iter().map(|&(_, c)| &vectors[c * d..(c + 1) * d]);
+                        arrays.push(vector_array(table.schema().field(c).data_type(), d, rows)?);
+                    }
+                }
+            }
+            let options = RecordBatchOptions::new().with_row_count(Some(n));
+            out.push(RecordBatch::try_new_with_options(schema.clone(), arrays, &options)?);
+            row += n;
+        }
+        self.counts.rows_reranked.add(row);
+        Ok(futures::stream::iter(out.into_iter().map(Ok)).boxed())
+    }
+
+    /// The rows whose key is one of `ids`, for a base table not read from Parquet files:
+    /// `key IN (...)` through DataFusion's planner, which hands it to the source.
     async fn rows_with_keys(&self, mut ids: Vec<i64>) -> Result<Batches> {
+        let table = &self.spec.table;
+        let Some(key_index) = table.key_index() else {
+            return internal_err!("a table without key column is read from Parquet files");
+        };
         ids.sort_unstable();
         ids.dedup();
-        let key_type = self.spec.table.schema().field(self.spec.table.key_index()).data_type().clone();
-        let list: Vec<Expr> =
-            ids.iter().map(|&id| ScalarValue::Int64(Some(id)).cast_to(&key_type).map(lit)).collect::<Result<_>>()?;
-        let key = col(self.spec.table.options().key.as_str());
-        let prune = any_equal(&key, &list);
-        let filter = Expr::InList(InList::new(Box::new(key), list, false));
+        let key_field = table.schema().field(key_index).clone();
+        let list: Vec<Expr> = ids
+            .iter()
+            .map(|&id| ScalarValue::Int64(Some(id)).cast_to(key_field.data_type()).map(lit))
+            .collect::<Result<_>>()?;
+        let filter = col(key_field.name().as_str()).in_list(list, false);
         let mut columns = self.spec.projection.clone();
-        if !columns.contains(&self.spec.table.key_index()) {
-            columns.push(self.spec.table.key_index());
+        if !columns.contains(&key_index) {
+            columns.push(key_index);
         }
-        let stream = self.scan(&columns, &[filter], &[prune]).await?;
-        // At most k × refine rows: held to check them against the index before any leaves.
-        let schema = stream.schema();
+        let (plan, stream) = self.planned(&columns, &[filter]).await?;
         let batches: Vec<RecordBatch> = stream.try_collect().await?;
-        let key_at = columns.iter().position(|&c| c == self.spec.table.key_index()).expect("key scanned");
+        self.counts.base_rows_read.add(rows_scanned(&plan));
+        let key_at = columns.iter().position(|&c| c == key_index).expect("key scanned");
         let mut found = std::collections::HashSet::new();
         for batch in &batches {
             let keys = cast(batch.column(key_at), &DataType::Int64)?;
@@ -378,90 +596,66 @@ impl Run {
             let missing: Vec<String> =
                 ids.iter().filter(|id| !found.contains(id)).take(5).map(|id| id.to_string()).collect();
             return exec_err!(
-                "index ids do not match key column '{}' of the table: the index {} returned {} candidate ids, only {} of them are keys in the table (missing e.g. {}). Is OPTIONS ('index' ...) the index built from this table, with these keys? (Rows deleted since the build are missing too: rebuild the index.)",
-                self.spec.table.options().key,
-                self.spec.table.location().as_str(),
+                "index ids do not match key column '{}' of the table: the index {} returned {} candidate ids, only {} of them are in the table (missing e.g. {}). Is OPTIONS ('index' ...) the index built from this table, with these keys? (Rows deleted since the build are missing too: rebuild the index.)",
+                key_field.name(),
+                table.location().as_str(),
                 ids.len(),
                 found.len(),
                 missing.join(", ")
             );
         }
-        let stream = RecordBatchStreamAdapter::new(schema, futures::stream::iter(batches.into_iter().map(Ok)));
-        Ok(self.emit(Box::pin(stream), &columns))
-    }
-
-    /// Batches of `stream` (scanned with `columns`) narrowed to the projection, counted.
-    fn emit(&self, stream: SendableRecordBatchStream, columns: &[usize]) -> Batches {
-        let keep: Vec<usize> =
-            self.spec.projection.iter().map(|c| columns.iter().position(|x| x == c).expect("scanned")).collect();
+        let keep: Vec<usize> = (0..self.spec.projection.len()).collect();
         let reranked = self.counts.rows_reranked.clone();
-        stream
-            .map(move |batch| {
-                let batch = batch?.project(&keep)?;
-                reranked.add(batch.num_rows());
-                Ok(batch)
-            })
-            .boxed()
+        Ok(futures::stream::iter(batches.into_iter().map(move |b| {
+            let b = b.project(&keep)?;
+            reranked.add(b.num_rows());
+            Ok(b)
+        }))
+        .boxed())
     }
 
-    /// Scans `columns` (plus the filters' columns) of the base table, keeping the rows
-    /// that pass `filters`; output columns are `columns` then any filter-only ones.
-    /// `prune` goes to the base table for skipping files, row groups and pages.
-    async fn scan(&self, columns: &[usize], filters: &[Expr], prune: &[Expr]) -> Result<SendableRecordBatchStream> {
+    /// `SELECT columns FROM base WHERE filters`, planned and optimized by DataFusion as
+    /// any query (filters handed to the source: files, row groups and pages skipped).
+    async fn planned(&self, columns: &[usize], filters: &[Expr]) -> Result<(Arc<dyn ExecutionPlan>, SendableRecordBatchStream)> {
         let table = &self.spec.table;
+        let source = provider_as_source(table.base().clone());
+        let mut plan = LogicalPlanBuilder::scan(self.spec.table_name.clone(), source, None)?;
+        if let Some(predicate) = conjunction(filters.iter().cloned()) {
+            plan = plan.filter(predicate)?;
+        }
         let schema = table.schema();
-        let mut scanned = columns.to_vec();
-        for f in filters {
-            for c in f.column_refs() {
-                let i = schema.index_of(&c.name)?;
-                if !scanned.contains(&i) {
-                    scanned.push(i);
-                }
-            }
-        }
-        let mut plan = table.base().scan(&self.state, Some(&scanned), prune, None).await?;
-        // Planned at run time, this scan misses the physical optimizer that hands filters
-        // to the data source: do that step here so its statistics skip what they can.
-        if let Some(prune) = conjunction(prune.iter().cloned()) {
-            let prune = self.state.create_physical_expr(prune, &DFSchema::try_from(plan.schema())?)?;
-            let filtered: Arc<dyn ExecutionPlan> = Arc::new(FilterExec::try_new(prune, plan.clone())?);
-            let pushed = FilterPushdown::new().optimize(filtered, self.state.config_options())?;
-            // The exact predicate is applied below, after counting the rows read.
-            plan = match pushed.downcast_ref::<FilterExec>() {
-                Some(filter) => filter.input().clone(),
-                None => pushed,
-            };
-        }
-        let predicate = match conjunction(filters.iter().cloned()) {
-            Some(p) => Some(self.state.create_physical_expr(p, &DFSchema::try_from(plan.schema())?)?),
-            None => None,
-        };
-        let out_schema = plan.schema();
-        let read = self.counts.base_rows_read.clone();
-        let stream = execute_stream(plan, self.context.clone())?.map(move |batch| {
-            let batch = batch?;
-            read.add(batch.num_rows());
-            match &predicate {
-                None => Ok(batch),
-                Some(p) => {
-                    let keep = p.evaluate(&batch)?.into_array(batch.num_rows())?;
-                    Ok(filter_record_batch(&batch, keep.as_boolean())?)
-                }
-            }
-        });
-        Ok(Box::pin(RecordBatchStreamAdapter::new(out_schema, stream)))
+        let plan = plan.project(columns.iter().map(|&c| col(schema.field(c).name().as_str())))?.build()?;
+        let plan = self.state.create_physical_plan(&plan).await?;
+        let stream = execute_stream(plan.clone(), self.context.clone())?;
+        Ok((plan, stream))
     }
 }
 
-/// `key = a OR key = b OR ...` as a balanced tree: statistics pruning understands it at
-/// any length (an `IN` list is used for pruning only up to `max_in_list_size` values).
-fn any_equal(key: &Expr, values: &[Expr]) -> Expr {
-    match values {
-        [] => lit(false),
-        [v] => key.clone().eq(v.clone()),
-        _ => {
-            let (a, b) = values.split_at(values.len() / 2);
-            any_equal(key, a).or(any_equal(key, b))
-        }
+/// Rows the leaf scans of `plan` produced (before any filter above them).
+fn rows_scanned(plan: &Arc<dyn ExecutionPlan>) -> usize {
+    if plan.children().is_empty() {
+        return plan.metrics().and_then(|m| m.output_rows()).unwrap_or(0);
     }
+    plan.children().into_iter().map(rows_scanned).sum()
+}
+
+/// A column of `rows` (each `d` floats) of the vector column's type.
+fn vector_array<'a>(
+    data_type: &DataType,
+    d: usize,
+    rows: impl Iterator<Item = &'a [f32]>,
+) -> Result<datafusion::arrow::array::ArrayRef> {
+    use datafusion::arrow::array::{FixedSizeListArray, Float32Array, LargeListArray, ListArray};
+    use datafusion::arrow::buffer::OffsetBuffer;
+    let values: Vec<f32> = rows.flat_map(|r| r.iter().copied()).collect();
+    let n = values.len() / d.max(1);
+    let values = Arc::new(Float32Array::from(values));
+    Ok(match data_type {
+        DataType::FixedSizeList(item, size) => Arc::new(FixedSizeListArray::try_new(item.clone(), *size, values, None)?),
+        DataType::List(item) => Arc::new(ListArray::try_new(item.clone(), OffsetBuffer::from_lengths(vec![d; n]), values, None)?),
+        DataType::LargeList(item) => {
+            Arc::new(LargeListArray::try_new(item.clone(), OffsetBuffer::from_lengths(vec![d; n]), values, None)?)
+        }
+        other => return internal_err!("vector column of type {other}"),
+    })
 }

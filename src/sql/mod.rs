@@ -7,6 +7,7 @@ mod factory;
 pub mod functions;
 mod node;
 mod registry;
+mod rows;
 mod rule;
 mod table;
 

@@ -7,7 +7,7 @@ use std::any::Any;
 use std::sync::Arc;
 
 use datafusion::catalog::TableProvider;
-use datafusion::common::tree_node::{Transformed, TreeNode};
+use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
 use datafusion::common::{Column, Result};
 use datafusion::datasource::source_as_provider;
 use datafusion::logical_expr::expr::ScalarFunction;
@@ -73,12 +73,15 @@ impl OptimizerRule for IvfTopKRule {
 fn match_top_k(order: &SortExpr, input: &LogicalPlan, k: usize, settings: &FaissConfig) -> Result<Option<IvfTopKNode>> {
     let mut distance = order.expr.clone().unalias_nested().data;
     let mut filters: Vec<Expr> = vec![];
+    // What the plan above the scan can see: the sort's input columns, as scan expressions.
+    let mut outputs: Vec<Expr> = input.schema().columns().into_iter().map(Expr::Column).collect();
     let mut plan = input;
     let scan = loop {
         match plan {
             LogicalPlan::Projection(p) => {
                 distance = through_projection(distance, p)?;
                 filters = filters.into_iter().map(|f| through_projection(f, p)).collect::<Result<_>>()?;
+                outputs = outputs.into_iter().map(|f| through_projection(f, p)).collect::<Result<_>>()?;
                 plan = &p.input;
             }
             LogicalPlan::Filter(f) => {
@@ -88,6 +91,7 @@ fn match_top_k(order: &SortExpr, input: &LogicalPlan, k: usize, settings: &Faiss
             LogicalPlan::SubqueryAlias(a) => {
                 distance = through_alias(distance, a)?;
                 filters = filters.into_iter().map(|f| through_alias(f, a)).collect::<Result<_>>()?;
+                outputs = outputs.into_iter().map(|f| through_alias(f, a)).collect::<Result<_>>()?;
                 plan = &a.input;
             }
             LogicalPlan::TableScan(scan) => break scan,
@@ -107,7 +111,10 @@ fn match_top_k(order: &SortExpr, input: &LogicalPlan, k: usize, settings: &Faiss
     if filters.iter().any(|f| f.is_volatile() || has_subquery(f)) {
         return Ok(None);
     }
-    let Expr::ScalarFunction(ScalarFunction { func, args }) = unqualify(distance)? else { return Ok(None) };
+    let distance = unqualify(distance)?;
+    let seen = outputs.into_iter().chain(filters.iter().cloned()).map(unqualify).collect::<Result<Vec<_>>>()?;
+    let vector_seen = seen.iter().any(|e| uses_outside(e, &distance, &table.options().vector));
+    let Expr::ScalarFunction(ScalarFunction { func, args }) = distance else { return Ok(None) };
     let Some(mut query) = query_vector(&args, &table.options().vector) else { return Ok(None) };
     if query.len() != table.index_info().dimension {
         // The exact plan reports the mismatch.
@@ -139,6 +146,9 @@ fn match_top_k(order: &SortExpr, input: &LogicalPlan, k: usize, settings: &Faiss
         function,
         nprobe: settings.nprobe.max(1),
         refine: if exact_codes(table.index_info()) { 1 } else { settings.refine_factor.max(1) },
+        // An IVF-Flat code is the row's vector: when the query only ranks by it, the
+        // index's copy serves, and the table's vector column is not read.
+        vectors_from_index: exact_codes(table.index_info()) && !table.options().normalized && !vector_seen,
         brute_force_fraction: settings.brute_force_fraction,
         cache_bytes: settings.cache_mb as u64 * 1024 * 1024,
         table,
@@ -200,6 +210,18 @@ fn unqualify(e: Expr) -> Result<Expr> {
         x => Ok(Transformed::no(x)),
     })
     .map(|t| t.data)
+}
+
+/// Whether `e` reads `column` other than through `distance`.
+fn uses_outside(e: &Expr, distance: &Expr, column: &str) -> bool {
+    let rest = e
+        .clone()
+        .transform_down(|x| match &x == distance {
+            true => Ok(Transformed::new(Expr::Literal(datafusion::common::ScalarValue::Null, None), true, TreeNodeRecursion::Jump)),
+            false => Ok(Transformed::no(x)),
+        })
+        .map(|t| t.data);
+    rest.map_or(true, |rest| rest.column_refs().iter().any(|c| c.name == column))
 }
 
 fn has_subquery(e: &Expr) -> bool {

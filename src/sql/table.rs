@@ -18,8 +18,10 @@ use crate::{IndexInfo, IvfIndex, Metric};
 pub struct VectorTableOptions {
     /// URL (or local path) of the FAISS index file.
     pub index: String,
-    /// Integer column holding the ids the index was built with.
-    pub key: String,
+    /// Integer column holding the ids the index was built with; `None` when the ids are
+    /// row positions (FAISS's own ids for `index.add(x)`, with `x` the table's vectors in
+    /// its order: files by path, rows in file order).
+    pub key: Option<String>,
     /// Column of vectors (`FixedSizeList` or `List` of Float32) the index was built from.
     pub vector: String,
     /// The indexed vectors have unit length, so an inner-product index also serves
@@ -34,7 +36,7 @@ pub struct VectorTable {
     base: Arc<dyn TableProvider>,
     options: VectorTableOptions,
     location: IndexLocation,
-    key: usize,
+    key: Option<usize>,
     vector: usize,
     info: IndexInfo,
 }
@@ -57,11 +59,16 @@ impl VectorTable {
                 ))
             })
         };
-        let key = column(&options.key, "key")?;
+        let key = options.key.as_deref().map(|key| column(key, "key")).transpose()?;
         let vector = column(&options.vector, "vector")?;
-        let key_type = schema.field(key).data_type();
-        if !key_type.is_integer() || *key_type == DataType::UInt64 {
-            return plan_err!("key column '{}' must be an integer column of FAISS ids, got {key_type}", options.key);
+        if let Some(key) = key {
+            let key_type = schema.field(key).data_type();
+            if !key_type.is_integer() || *key_type == DataType::UInt64 {
+                return plan_err!(
+                    "key column '{}' must be an integer column of FAISS ids, got {key_type}",
+                    schema.field(key).name()
+                );
+            }
         }
         let location = IndexLocation::resolve(&options.index, session.runtime_env())?;
         let cache = FaissConfig::from_options(session.config_options()).cache_mb as u64 * 1024 * 1024;
@@ -105,8 +112,8 @@ impl VectorTable {
         &self.location
     }
 
-    /// Position of the key column in the base schema.
-    pub(crate) fn key_index(&self) -> usize {
+    /// Position of the key column in the base schema; `None` when ids are row positions.
+    pub(crate) fn key_index(&self) -> Option<usize> {
         self.key
     }
 

@@ -1,0 +1,188 @@
+//! Row lookup on Parquet written as users write it (pyarrow's defaults: keys in random
+//! order, one large row group, 1 MiB pages, no page index): the index plan equals the
+//! exact plan, reads the candidate rows' pages only, and costs one wave of GETs for
+//! them once the footers are known.
+mod common;
+
+use std::path::{Path as FsPath, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+
+use common::*;
+use datafusion::arrow::array::{AsArray, RecordBatch};
+use datafusion::arrow::datatypes::{Float64Type, Int64Type};
+use datafusion::execution::object_store::ObjectStoreUrl;
+use datafusion::prelude::SessionContext;
+use datafusion_faiss::{IvfIndexBuilder, Metric};
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+
+const D: usize = 32;
+
+/// A pyarrow-written table of `rows` rows in `files` files (one file: `OUT` is the file),
+/// with its vectors and ids in table order.
+fn pyarrow_table(out: &FsPath, rows: usize, files: usize, seed: u64) -> (Vec<f32>, Vec<i64>) {
+    let python = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".work/venv/bin/python");
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/python/write_pyarrow.py");
+    let status = Command::new(&python)
+        .args([script.as_os_str(), out.as_os_str()])
+        .args([rows.to_string(), D.to_string(), files.to_string(), seed.to_string()])
+        .status()
+        .expect("running .work/venv/bin/python (pyarrow): run scripts/setup.sh");
+    assert!(status.success(), "pyarrow failed to write {out:?}");
+    let side = |ext: &str| std::fs::read(format!("{}.{ext}", out.to_str().unwrap().trim_end_matches('/'))).unwrap();
+    let x = side("f32").chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect();
+    let ids = side("ids").chunks_exact(8).map(|b| i64::from_le_bytes(b.try_into().unwrap())).collect();
+    (x, ids)
+}
+
+/// Index bytes of `x` under `ids` (`None`: FAISS numbers them 0.., their positions).
+async fn index(x: &[f32], ids: Option<&[i64]>, factory: &str) -> Vec<u8> {
+    let (x, ids, factory) = (x.to_vec(), ids.map(|i| i.to_vec()), factory.to_string());
+    let builder = tokio::task::spawn_blocking(move || {
+        let mut b = IvfIndexBuilder::new(D, &factory, Metric::L2).unwrap().threads(2);
+        b.train(&x).unwrap();
+        let positions: Vec<i64> = (0..(x.len() / D) as i64).collect();
+        b.add(&x, ids.as_deref().unwrap_or(&positions)).unwrap();
+        b
+    })
+    .await
+    .unwrap();
+    let store: Arc<dyn ObjectStore> = Arc::new(object_store::memory::InMemory::new());
+    let path = object_store::path::Path::from("i.faiss");
+    builder.write(store.clone(), &path).await.unwrap();
+    store.get(&path).await.unwrap().bytes().await.unwrap().to_vec()
+}
+
+fn query(i: usize) -> String {
+    let q = clustered(1, D, 12, 900 + i as u64);
+    format!("'[{}]'", q.iter().map(|v| v.to_string()).collect::<Vec<_>>().join(", "))
+}
+
+async fn rows(ctx: &SessionContext, sql: &str) -> Vec<(i64, f64)> {
+    let batches: Vec<RecordBatch> = ctx.sql(sql).await.unwrap().collect().await.unwrap();
+    batches
+        .iter()
+        .flat_map(|b| {
+            let id = b.column(0).as_primitive::<Int64Type>().clone();
+            let d = b.column(1).as_primitive::<Float64Type>().clone();
+            (0..b.num_rows()).map(move |i| (id.value(i), d.value(i)))
+        })
+        .collect()
+}
+
+/// The index plan's rows and distances equal the exact plan's, bit for bit.
+async fn same_as_exact(ctx: &SessionContext, sql: &str) {
+    ctx.sql("SET faiss.enabled = true").await.unwrap();
+    let indexed = rows(ctx, sql).await;
+    ctx.sql("SET faiss.enabled = false").await.unwrap();
+    let exact = rows(ctx, sql).await;
+    ctx.sql("SET faiss.enabled = true").await.unwrap();
+    assert!(!exact.is_empty(), "{sql}");
+    assert_eq!(indexed, exact, "{sql}");
+}
+
+fn context(store: Option<(&str, Arc<dyn ObjectStore>)>) -> SessionContext {
+    let ctx = SessionContext::new();
+    if let Some((url, store)) = store {
+        ctx.register_object_store(ObjectStoreUrl::parse(url).unwrap().as_ref(), store);
+    }
+    datafusion_faiss::sql::register_all(&ctx);
+    ctx
+}
+
+async fn create(ctx: &SessionContext, name: &str, table: &str, index: &str, key: bool) {
+    let key = if key { "'key' 'id', " } else { "" };
+    ctx.sql(&format!(
+        "CREATE EXTERNAL TABLE {name} STORED AS FAISS LOCATION '{table}' \
+         OPTIONS ('index' '{index}', {key}'vector' 'embedding')"
+    ))
+    .await
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pyarrow_default_table_by_key_and_by_position() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("docs.parquet");
+    let (x, ids) = pyarrow_table(&file, 30_000, 1, 7);
+    let by_key = dir.path().join("by_key.faiss");
+    let by_position = dir.path().join("by_position.faiss");
+    std::fs::write(&by_key, index(&x, Some(&ids), "IVF64,Flat").await).unwrap();
+    std::fs::write(&by_position, index(&x, None, "IVF64,Flat").await).unwrap();
+    let ctx = context(None);
+    create(&ctx, "keyed", file.to_str().unwrap(), by_key.to_str().unwrap(), true).await;
+    create(&ctx, "positional", file.to_str().unwrap(), by_position.to_str().unwrap(), false).await;
+    ctx.sql("SET faiss.nprobe = 64").await.unwrap();
+    let file_size = std::fs::metadata(&file).unwrap().len() as usize;
+    for table in ["keyed", "positional"] {
+        for i in 0..4 {
+            let q = query(i);
+            let select = format!("SELECT id, vec_distance(embedding, {q}) AS d, label, title FROM {table}");
+            same_as_exact(&ctx, &format!("{select} ORDER BY d, id LIMIT 10")).await;
+            same_as_exact(&ctx, &format!("{select} WHERE label = 3 ORDER BY d, id LIMIT 10")).await;
+            same_as_exact(&ctx, &format!("{select} WHERE title LIKE 'doc 1%' ORDER BY d, id LIMIT 7")).await;
+            // The vector column selected: read from the table.
+            let sql = format!("SELECT id, vec_distance(embedding, {q}) AS d, embedding FROM {table} ORDER BY d LIMIT 5");
+            same_as_exact(&ctx, &sql).await;
+        }
+        let sql = format!("SELECT id, vec_distance(embedding, {}) AS d, title FROM {table} ORDER BY d LIMIT 10", query(9));
+        // Footers (and the key map) are read by the first query; then a lookup reads
+        // the 10 rows: one wave, pages of id and title only, not the vectors.
+        let _ = rows(&ctx, &sql).await;
+        assert_eq!(metric(&ctx, &sql, "base_rows_read").await, 10, "{table}");
+        assert_eq!(metric(&ctx, &sql, "table_waves").await, 1, "{table}");
+        let bytes = metric(&ctx, &sql, "table_bytes").await;
+        assert!(bytes < file_size / 10, "{table}: lookup read {bytes} of the file's {file_size} bytes");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn folder_of_files_by_position_on_s3() {
+    let dir = tempfile::tempdir().unwrap();
+    let folder = dir.path().join("docs");
+    let (x, _) = pyarrow_table(&folder, 24_000, 5, 8);
+    let store = s3_store();
+    let prefix = unique_path("lookup").to_string();
+    for entry in std::fs::read_dir(&folder).unwrap() {
+        let entry = entry.unwrap();
+        let key = format!("{prefix}/docs/{}", entry.file_name().to_str().unwrap());
+        store.put(&key.into(), PutPayload::from(std::fs::read(entry.path()).unwrap())).await.unwrap();
+    }
+    let index_key = format!("{prefix}/docs.faiss");
+    store.put(&index_key.clone().into(), PutPayload::from(index(&x, None, "IVF32,Flat").await)).await.unwrap();
+    let bucket = format!("s3://{}", s3_bucket());
+    let ctx = context(Some((&bucket, store.clone())));
+    create(&ctx, "docs", &format!("{bucket}/{prefix}/docs/"), &format!("{bucket}/{index_key}"), false).await;
+    ctx.sql("SET faiss.nprobe = 32").await.unwrap();
+    for i in 0..4 {
+        let select = format!("SELECT id, vec_distance(embedding, {}) AS d, title FROM docs", query(i));
+        same_as_exact(&ctx, &format!("{select} ORDER BY d, id LIMIT 10")).await;
+        same_as_exact(&ctx, &format!("{select} WHERE label < 5 ORDER BY d, id LIMIT 10")).await;
+    }
+    // Metadata known: the rows of 10 candidates in several files cost one wave.
+    let sql = format!("SELECT id, vec_distance(embedding, {}) AS d, title FROM docs ORDER BY d LIMIT 10", query(11));
+    let _ = rows(&ctx, &sql).await;
+    assert_eq!(metric(&ctx, &sql, "table_waves").await, 1);
+    assert!(metric(&ctx, &sql, "table_gets").await <= 20, "two columns of at most 10 rows");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rewritten_table_file_is_read_anew() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("docs.parquet");
+    let index_file = dir.path().join("docs.faiss");
+    let ctx = context(None);
+    for seed in [21, 22] {
+        let (x, ids) = pyarrow_table(&file, 8_000, 1, seed);
+        std::fs::write(&index_file, index(&x, Some(&ids), "IVF16,Flat").await).unwrap();
+        if seed == 21 {
+            create(&ctx, "docs", file.to_str().unwrap(), index_file.to_str().unwrap(), true).await;
+        }
+        // The second round: other keys at other positions, the same path; the stale key
+        // map and footer must not answer.
+        for i in 0..3 {
+            let sql = format!("SELECT id, vec_distance(embedding, {}) AS d FROM docs ORDER BY d, id LIMIT 10", query(i));
+            same_as_exact(&ctx, &sql).await;
+        }
+    }
+}
