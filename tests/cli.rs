@@ -287,3 +287,25 @@ fn demo_runs_and_reuses_its_files() {
     let again = ok(&args, &[]);
     assert!(again.contains("(reused)") && !again.contains("written"), "{again}");
 }
+
+/// A folder of pyarrow-written files indexed with `build --positions`: the table is
+/// declared without a key column, and the index plan's rows equal the exact plan's.
+#[test]
+fn positions_index_of_a_pyarrow_folder() {
+    let dir = tempfile::tempdir().unwrap();
+    let folder = dir.path().join("docs");
+    let (x, _) = common::pyarrow_table(&folder, 6_000, 16, 3, 5);
+    let (table, index) = (format!("{}/", folder.display()), dir.path().join("docs.faiss"));
+    let index = index.to_str().unwrap();
+    ok(&["build", "--input", &table, "--positions", "--factory", "IVF16,Flat", "--output", index], &[]);
+    let ddl = format!(
+        "CREATE EXTERNAL TABLE docs STORED AS FAISS LOCATION '{table}' OPTIONS ('index' '{index}', 'vector' 'embedding')"
+    );
+    let q: Vec<String> = x[700 * 16..701 * 16].iter().map(|v| v.to_string()).collect();
+    let select = format!("SELECT id, title FROM docs ORDER BY vec_distance(embedding, '[{}]') LIMIT 10", q.join(", "));
+    let indexed = ok(&["sql", "-c", &ddl, "-c", "SET faiss.nprobe = 16", "-c", &select], &[]);
+    let exact = ok(&["sql", "-c", &ddl, "-c", "SET faiss.enabled = false", "-c", &select], &[]);
+    assert!(indexed.contains("io: 16 lists probed") && indexed.contains("; rows: "), "{indexed}");
+    assert_eq!(ids(&indexed).len(), 10, "{indexed}");
+    assert_eq!(ids(&indexed), ids(&exact));
+}

@@ -4,8 +4,6 @@
 //! them once the footers are known.
 mod common;
 
-use std::path::{Path as FsPath, PathBuf};
-use std::process::Command;
 use std::sync::Arc;
 
 use common::*;
@@ -17,23 +15,6 @@ use datafusion_faiss::{IvfIndexBuilder, Metric};
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 
 const D: usize = 32;
-
-/// A pyarrow-written table of `rows` rows in `files` files (one file: `OUT` is the file),
-/// with its vectors and ids in table order.
-fn pyarrow_table(out: &FsPath, rows: usize, files: usize, seed: u64) -> (Vec<f32>, Vec<i64>) {
-    let python = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".work/venv/bin/python");
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/python/write_pyarrow.py");
-    let status = Command::new(&python)
-        .args([script.as_os_str(), out.as_os_str()])
-        .args([rows.to_string(), D.to_string(), files.to_string(), seed.to_string()])
-        .status()
-        .expect("running .work/venv/bin/python (pyarrow): run scripts/setup.sh");
-    assert!(status.success(), "pyarrow failed to write {out:?}");
-    let side = |ext: &str| std::fs::read(format!("{}.{ext}", out.to_str().unwrap().trim_end_matches('/'))).unwrap();
-    let x = side("f32").chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect();
-    let ids = side("ids").chunks_exact(8).map(|b| i64::from_le_bytes(b.try_into().unwrap())).collect();
-    (x, ids)
-}
 
 /// Index bytes of `x` under `ids` (`None`: FAISS numbers them 0.., their positions).
 async fn index(x: &[f32], ids: Option<&[i64]>, factory: &str) -> Vec<u8> {
@@ -104,7 +85,7 @@ async fn create(ctx: &SessionContext, name: &str, table: &str, index: &str, key:
 async fn pyarrow_default_table_by_key_and_by_position() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("docs.parquet");
-    let (x, ids) = pyarrow_table(&file, 30_000, 1, 7);
+    let (x, ids) = pyarrow_table(&file, 30_000, D, 1, 7);
     let by_key = dir.path().join("by_key.faiss");
     let by_position = dir.path().join("by_position.faiss");
     std::fs::write(&by_key, index(&x, Some(&ids), "IVF64,Flat").await).unwrap();
@@ -140,7 +121,7 @@ async fn pyarrow_default_table_by_key_and_by_position() {
 async fn folder_of_files_by_position_on_s3() {
     let dir = tempfile::tempdir().unwrap();
     let folder = dir.path().join("docs");
-    let (x, _) = pyarrow_table(&folder, 24_000, 5, 8);
+    let (x, _) = pyarrow_table(&folder, 24_000, D, 5, 8);
     let store = s3_store();
     let prefix = unique_path("lookup").to_string();
     for entry in std::fs::read_dir(&folder).unwrap() {
@@ -173,7 +154,7 @@ async fn rewritten_table_file_is_read_anew() {
     let index_file = dir.path().join("docs.faiss");
     let ctx = context(None);
     for seed in [21, 22] {
-        let (x, ids) = pyarrow_table(&file, 8_000, 1, seed);
+        let (x, ids) = pyarrow_table(&file, 8_000, D, 1, seed);
         std::fs::write(&index_file, index(&x, Some(&ids), "IVF16,Flat").await).unwrap();
         if seed == 21 {
             create(&ctx, "docs", file.to_str().unwrap(), index_file.to_str().unwrap(), true).await;

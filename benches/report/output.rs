@@ -245,7 +245,7 @@ impl Report {
             );
         }
 
-        let _ = writeln!(md, "\n## SQL row lookup: `SELECT id, label, vec_distance(...) AS d ... ORDER BY d LIMIT 10`, IVF1024,Flat, nprobe 16\n");
+        let _ = writeln!(md, "\n## SQL row lookup: `SELECT id, label, vec_distance(...) AS d ... ORDER BY d LIMIT 10`, IVF-Flat, nprobe 16\n");
         let _ = writeln!(
             md,
             "| table | rows | store | index plan p50 | exact plan p50 | ratio | FAISS search p50 | lookup p50 | table GETs / query | table bytes / query | round trips p50 | index search alone p50 |\n|---|---|---|---|---|---|---|---|---|---|---|---|"

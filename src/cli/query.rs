@@ -118,17 +118,27 @@ fn io_line(plan: &Arc<dyn ExecutionPlan>) -> Option<String> {
     let lists = sum("lists_probed")?;
     let (gets, waves, bytes) = (sum("gets")?, sum("waves")?, sum("bytes_fetched")?);
     let (hits, mapped) = (sum("cache_hits")?, sum("bytes_mapped")?);
-    Some(if sum("brute_force")? > 0 {
-        format!("io: the filter left few rows; {} ranked exactly, no list probed", sum("rows_reranked")?)
-    } else if mapped > 0 {
+    let (table_gets, table_waves, table_bytes) = (sum("table_gets")?, sum("table_waves")?, sum("table_bytes")?);
+    let plural = |n: usize| if n == 1 { "" } else { "s" };
+    let rows = format!(
+        "; rows: {table_gets} GET{} in {table_waves} wave{}, {}",
+        plural(table_gets),
+        plural(table_waves),
+        HumanBytes(table_bytes as u64)
+    );
+    if sum("brute_force")? > 0 {
+        return Some(format!("io: the filter left few rows; {} ranked exactly, no list probed", sum("rows_reranked")?));
+    }
+    let index = if mapped > 0 {
         format!("io: {lists} lists probed, {} read from the memory-mapped file", HumanBytes(mapped as u64))
     } else {
         format!(
             "io: {lists} lists probed, {gets} GETs in {waves} wave{}, {} fetched, {hits} cache hits",
-            if waves == 1 { "" } else { "s" },
+            plural(waves),
             HumanBytes(bytes as u64)
         )
-    })
+    };
+    Some(index + &rows)
 }
 
 /// Complete statements in `text` (split at `;` outside quotes and comments) and the

@@ -122,6 +122,23 @@ pub fn assert_same(ours: &SearchResult, reference: &(Vec<i64>, Vec<f32>), what: 
     }
 }
 
+/// A pyarrow-written table (tests/python/write_pyarrow.py) of `rows` rows in `files` files (one file: `OUT` is the file),
+/// with its vectors and ids in table order.
+pub fn pyarrow_table(out: &std::path::Path, rows: usize, d: usize, files: usize, seed: u64) -> (Vec<f32>, Vec<i64>) {
+    let python = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".work/venv/bin/python");
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/python/write_pyarrow.py");
+    let status = Command::new(&python)
+        .args([script.as_os_str(), out.as_os_str()])
+        .args([rows.to_string(), d.to_string(), files.to_string(), seed.to_string()])
+        .status()
+        .expect("running .work/venv/bin/python (pyarrow): run scripts/setup.sh");
+    assert!(status.success(), "pyarrow failed to write {out:?}");
+    let side = |ext: &str| std::fs::read(format!("{}.{ext}", out.to_str().unwrap().trim_end_matches('/'))).unwrap();
+    let x = side("f32").chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect();
+    let ids = side("ids").chunks_exact(8).map(|b| i64::from_le_bytes(b.try_into().unwrap())).collect();
+    (x, ids)
+}
+
 pub mod proxy;
 pub mod tables;
 
