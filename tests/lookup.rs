@@ -103,10 +103,12 @@ async fn pyarrow_default_table_by_key_and_by_position() {
             same_as_exact(&ctx, &format!("{select} WHERE label = 3 ORDER BY d, id LIMIT 10")).await;
             same_as_exact(&ctx, &format!("{select} WHERE title LIKE 'doc 1%' ORDER BY d, id LIMIT 7")).await;
             // The vector column selected: read from the table.
-            let sql = format!("SELECT id, vec_distance(embedding, {q}) AS d, embedding FROM {table} ORDER BY d LIMIT 5");
+            let sql =
+                format!("SELECT id, vec_distance(embedding, {q}) AS d, embedding FROM {table} ORDER BY d LIMIT 5");
             same_as_exact(&ctx, &sql).await;
         }
-        let sql = format!("SELECT id, vec_distance(embedding, {}) AS d, title FROM {table} ORDER BY d LIMIT 10", query(9));
+        let sql =
+            format!("SELECT id, vec_distance(embedding, {}) AS d, title FROM {table} ORDER BY d LIMIT 10", query(9));
         // Footers (and the key map) are read by the first query; then a lookup reads
         // the 10 rows: one wave, pages of id and title only, not the vectors.
         let _ = rows(&ctx, &sql).await;
@@ -162,7 +164,8 @@ async fn rewritten_table_file_is_read_anew() {
         // The second round: other keys at other positions, the same path; the stale key
         // map and footer must not answer.
         for i in 0..3 {
-            let sql = format!("SELECT id, vec_distance(embedding, {}) AS d FROM docs ORDER BY d, id LIMIT 10", query(i));
+            let sql =
+                format!("SELECT id, vec_distance(embedding, {}) AS d FROM docs ORDER BY d, id LIMIT 10", query(i));
             same_as_exact(&ctx, &sql).await;
         }
     }

@@ -22,7 +22,6 @@ pub struct LookupRow {
     pub table: String,
     pub rows: usize,
     pub store: String,
-    pub queries: usize,
     pub index_p50_ms: f64,
     pub exact_p50_ms: f64,
     pub ratio: f64,
@@ -105,7 +104,12 @@ fn p50(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-async fn context(table: &str, index: &str, store: Option<(&str, Arc<dyn ObjectStore>)>, cache_mb: usize) -> SessionContext {
+async fn context(
+    table: &str,
+    index: &str,
+    store: Option<(&str, Arc<dyn ObjectStore>)>,
+    cache_mb: usize,
+) -> SessionContext {
     let ctx = SessionContext::new();
     if let Some((url, store)) = store {
         ctx.register_object_store(ObjectStoreUrl::parse(url).unwrap().as_ref(), store);
@@ -147,7 +151,7 @@ fn row(t: &Table, store: &str, runs: &[Run], exact: f64, trips: Option<f64>, alo
         table: t.name.clone(),
         rows: t.rows,
         store: store.into(),
-        queries: runs.len(),
+
         index_p50_ms: index,
         exact_p50_ms: exact,
         ratio: exact / index,
@@ -171,14 +175,16 @@ pub async fn s3(
     latency: Duration,
     queries: usize,
 ) -> LookupRow {
-    let (table_key, index_key) = (Path::from(format!("{prefix}/table.parquet")), Path::from(format!("{prefix}/index.faiss")));
+    let (table_key, index_key) =
+        (Path::from(format!("{prefix}/table.parquet")), Path::from(format!("{prefix}/index.faiss")));
     crate::upload(&s3, &t.parquet, &table_key, std::fs::metadata(&t.parquet).unwrap().len()).await;
     crate::upload(&s3, &t.index, &index_key, std::fs::metadata(&t.index).unwrap().len()).await;
     let wire = Wire::new(s3.clone(), latency);
     let bucket = format!("s3://{}", crate::common::s3_bucket());
     let store: Arc<dyn ObjectStore> = Arc::new(wire.clone());
-    let ctx = context(&format!("{bucket}/{table_key}"), &format!("{bucket}/{index_key}"), Some((&bucket, store.clone())), 0)
-        .await;
+    let ctx =
+        context(&format!("{bucket}/{table_key}"), &format!("{bucket}/{index_key}"), Some((&bucket, store.clone())), 0)
+            .await;
     timed(&ctx, &sql(ds, 0)).await;
     let (mut runs, mut trips) = (vec![], vec![]);
     for i in 0..queries {

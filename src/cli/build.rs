@@ -284,7 +284,13 @@ struct Rows {
 }
 
 impl Rows {
-    async fn new(ctx: &SessionContext, query: &str, key: Option<&str>, vector: &str, normalise: bool) -> CliResult<Rows> {
+    async fn new(
+        ctx: &SessionContext,
+        query: &str,
+        key: Option<&str>,
+        vector: &str,
+        normalise: bool,
+    ) -> CliResult<Rows> {
         let schema = ctx.sql(query).await.map_err(|e| format!("{query:?}: {e}"))?.schema().as_arrow().clone();
         let column = |name: &str| {
             schema.field_with_name(name).map(|f| f.data_type().clone()).map_err(|_| {
@@ -352,7 +358,12 @@ impl Rows {
         };
         let keys = keys.as_primitive::<Int64Type>();
         if let Some(i) = (0..n).find(|&i| keys.is_null(i)) {
-            return Err(format!("key column {:?}: NULL at row {}", self.key.as_deref().unwrap_or(""), first + i as u64).into());
+            return Err(format!(
+                "key column {:?}: NULL at row {}",
+                self.key.as_deref().unwrap_or(""),
+                first + i as u64
+            )
+            .into());
         }
         let vectors = column(&self.vector)?;
         let (values, spans) = spans(&vectors);

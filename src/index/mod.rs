@@ -354,12 +354,10 @@ impl IvfIndex {
             let mut ids = vec![0i64; n * k];
             let filtered = allowed.is_some();
             let allowed: &[i64] = allowed.as_deref().unwrap_or(&[]);
-            inner
-                .scan(x, k, nprobe, &lists, &coarse, &views, filtered, allowed, &mut distances, &mut ids)
-                .map(|s| {
-                    let codes = stored_codes(&data, &ids, code_size);
-                    (distances, ids, codes, s)
-                })
+            inner.scan(x, k, nprobe, &lists, &coarse, &views, filtered, allowed, &mut distances, &mut ids).map(|s| {
+                let codes = stored_codes(&data, &ids, code_size);
+                (distances, ids, codes, s)
+            })
         })
         .await;
         let (distances, ids, codes, scan) = scanned.map_err(|e| Error::faiss(context(), e))?;

@@ -344,8 +344,8 @@ impl Run {
             let code_size = index.info().code_size;
             // The index's vectors serve only where its codes are the vectors (checked
             // again here: the object may have been replaced since planning).
-            let codes = (spec.vectors_from_index && !result.codes.is_empty() && code_size == 4 * d)
-                .then_some(result.codes);
+            let codes =
+                (spec.vectors_from_index && !result.codes.is_empty() && code_size == 4 * d).then_some(result.codes);
             let mut found: Vec<(i64, f32, usize)> = result
                 .ids
                 .into_iter()
@@ -417,7 +417,8 @@ impl Run {
                 let mut position = 0i64;
                 for batch in batches {
                     self.counts.base_rows_read.add(batch.num_rows());
-                    let predicate = self.state.create_physical_expr(predicate.clone(), &DFSchema::try_from(batch.schema())?)?;
+                    let predicate =
+                        self.state.create_physical_expr(predicate.clone(), &DFSchema::try_from(batch.schema())?)?;
                     let keep = predicate.evaluate(&batch)?.into_array(batch.num_rows())?;
                     for (i, pass) in keep.as_boolean().iter().enumerate() {
                         if pass == Some(true) {
@@ -525,7 +526,9 @@ impl Run {
             true => (located, self.read_columns()),
             false => {
                 let columns = spec.projection.clone();
-                let listed = Listed::list(table.base(), &self.state, &columns).await?.expect("listed before");
+                let Some(listed) = Listed::list(table.base(), &self.state, &columns).await? else {
+                    return internal_err!("the table was listed as Parquet files before");
+                };
                 (listed.locate(&self.io).await?, columns)
             }
         };
@@ -534,7 +537,12 @@ impl Run {
             true => vec![],
             false => located.read(&positions, &self.context, &self.io).await?,
         };
-        self.counts.base_rows_read.add(batches.iter().map(|b| b.num_rows()).sum());
+        let read: usize = batches.iter().map(|b| b.num_rows()).sum();
+        self.counts.base_rows_read.add(read);
+        if !columns.is_empty() && read != positions.len() {
+            // Rows are matched to candidates by order: a scan that skipped one would mix them.
+            return internal_err!("the row lookup read {read} rows for {} positions", positions.len());
+        }
         let schema = Arc::new(table.schema().project(&spec.projection)?);
         let d = table.index_info().dimension;
         let mut out = vec![];
@@ -616,7 +624,11 @@ impl Run {
 
     /// `SELECT columns FROM base WHERE filters`, planned and optimized by DataFusion as
     /// any query (filters handed to the source: files, row groups and pages skipped).
-    async fn planned(&self, columns: &[usize], filters: &[Expr]) -> Result<(Arc<dyn ExecutionPlan>, SendableRecordBatchStream)> {
+    async fn planned(
+        &self,
+        columns: &[usize],
+        filters: &[Expr],
+    ) -> Result<(Arc<dyn ExecutionPlan>, SendableRecordBatchStream)> {
         let table = &self.spec.table;
         let source = provider_as_source(table.base().clone());
         let mut plan = LogicalPlanBuilder::scan(self.spec.table_name.clone(), source, None)?;
@@ -651,8 +663,12 @@ fn vector_array<'a>(
     let n = values.len() / d.max(1);
     let values = Arc::new(Float32Array::from(values));
     Ok(match data_type {
-        DataType::FixedSizeList(item, size) => Arc::new(FixedSizeListArray::try_new(item.clone(), *size, values, None)?),
-        DataType::List(item) => Arc::new(ListArray::try_new(item.clone(), OffsetBuffer::from_lengths(vec![d; n]), values, None)?),
+        DataType::FixedSizeList(item, size) => {
+            Arc::new(FixedSizeListArray::try_new(item.clone(), *size, values, None)?)
+        }
+        DataType::List(item) => {
+            Arc::new(ListArray::try_new(item.clone(), OffsetBuffer::from_lengths(vec![d; n]), values, None)?)
+        }
         DataType::LargeList(item) => {
             Arc::new(LargeListArray::try_new(item.clone(), OffsetBuffer::from_lengths(vec![d; n]), values, None)?)
         }

@@ -41,7 +41,12 @@ impl TableProviderFactory for FaissTableFactory {
             Some(v) if v == "false" => false,
             Some(v) => return plan_err!("option 'normalized' must be true or false, got '{v}'"),
         };
-        let options = VectorTableOptions { index: get("index")?, key: ours.get("key").filter(|v| !v.is_empty()).cloned(), vector: get("vector")?, normalized };
+        let options = VectorTableOptions {
+            index: get("index")?,
+            key: ours.get("key").filter(|v| !v.is_empty()).cloned(),
+            vector: get("vector")?,
+            normalized,
+        };
         let base = ListingTableFactory::new().create(state, &base_cmd).await.map_err(|e| {
             e.context(format!(
                 "STORED AS FAISS table '{}': base Parquet table (known options: {}, and Parquet format.* options)",

@@ -217,7 +217,11 @@ fn uses_outside(e: &Expr, distance: &Expr, column: &str) -> bool {
     let rest = e
         .clone()
         .transform_down(|x| match &x == distance {
-            true => Ok(Transformed::new(Expr::Literal(datafusion::common::ScalarValue::Null, None), true, TreeNodeRecursion::Jump)),
+            true => Ok(Transformed::new(
+                Expr::Literal(datafusion::common::ScalarValue::Null, None),
+                true,
+                TreeNodeRecursion::Jump,
+            )),
             false => Ok(Transformed::no(x)),
         })
         .map(|t| t.data);

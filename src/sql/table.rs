@@ -70,6 +70,12 @@ impl VectorTable {
                 );
             }
         }
+        if key.is_none() && !parquet_files(base.as_ref()) {
+            return plan_err!(
+                "a vector table without 'key' (ids are row positions) needs a base table of Parquet files, got {:?}",
+                base.table_type()
+            );
+        }
         let location = IndexLocation::resolve(&options.index, session.runtime_env())?;
         let cache = FaissConfig::from_options(session.config_options()).cache_mb as u64 * 1024 * 1024;
         let index = registry::open_current(&location, cache).await.map_err(|e| index_error(&location, e))?;
@@ -139,6 +145,15 @@ impl VectorTable {
         }
         Ok(index)
     }
+}
+
+/// Whether `base` reads Parquet files (where rows have positions).
+fn parquet_files(base: &dyn TableProvider) -> bool {
+    use datafusion::datasource::file_format::parquet::ParquetFormat;
+    use datafusion::datasource::listing::ListingTable;
+    (base as &dyn std::any::Any)
+        .downcast_ref::<ListingTable>()
+        .is_some_and(|t| t.options().format.downcast_ref::<ParquetFormat>().is_some())
 }
 
 /// An index error as a DataFusion error that names the index URL.

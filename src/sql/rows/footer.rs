@@ -91,7 +91,11 @@ pub(crate) async fn footer(
         .map_err(|e| DataFusionError::Shared(e))
 }
 
-async fn read_footer(store: Arc<dyn object_store::ObjectStore>, file: ObjectMeta, io: Arc<TableIo>) -> Result<Arc<Footer>> {
+async fn read_footer(
+    store: Arc<dyn object_store::ObjectStore>,
+    file: ObjectMeta,
+    io: Arc<TableIo>,
+) -> Result<Arc<Footer>> {
     let name = file.location.to_string();
     let mut reader = FileReader::new(store, file.clone(), io);
     let metadata = ParquetMetaDataReader::new()
@@ -107,7 +111,10 @@ async fn read_footer(store: Arc<dyn object_store::ObjectStore>, file: ObjectMeta
     let groups = metadata.num_row_groups();
     let mut offsets: Vec<Vec<OffsetIndexMetaData>> = match metadata.offset_index() {
         Some(index) if index.len() == groups && index.iter().all(|g| g.len() == leaves) => index.clone(),
-        _ => vec![vec![OffsetIndexMetaData { page_locations: vec![], unencoded_byte_array_data_bytes: None }; leaves]; groups],
+        _ => vec![
+            vec![OffsetIndexMetaData { page_locations: vec![], unencoded_byte_array_data_bytes: None }; leaves];
+            groups
+        ],
     };
     // Chunks without locations: walk the page headers of the flat columns, whose pages
     // hold one level per row. (A nested column's v1 pages may end inside a row: such a

@@ -36,7 +36,10 @@ type Versions = (Vec<FileVersion>, String);
 fn maps() -> &'static moka::future::Cache<Versions, Arc<KeyMap>> {
     static CACHE: OnceLock<moka::future::Cache<Versions, Arc<KeyMap>>> = OnceLock::new();
     CACHE.get_or_init(|| {
-        moka::future::Cache::builder().max_capacity(METADATA_BUDGET).weigher(|_, map: &Arc<KeyMap>| map.weight()).build()
+        moka::future::Cache::builder()
+            .max_capacity(METADATA_BUDGET)
+            .weigher(|_, map: &Arc<KeyMap>| map.weight())
+            .build()
     })
 }
 

@@ -21,8 +21,8 @@ use datafusion::arrow::array::RecordBatch;
 use datafusion::catalog::TableProvider;
 use datafusion::common::{exec_err, Result};
 use datafusion::datasource::listing::PartitionedFile;
-use datafusion::datasource::physical_plan::{FileGroup, FileScanConfig, ParquetSource};
 use datafusion::datasource::physical_plan::parquet::{ParquetAccessPlan, RowGroupAccess};
+use datafusion::datasource::physical_plan::{FileGroup, FileScanConfig, ParquetSource};
 use datafusion::datasource::source::DataSourceExec;
 use datafusion::execution::context::SessionState;
 use datafusion::execution::TaskContext;
@@ -51,7 +51,11 @@ pub(crate) struct Listed {
 impl Listed {
     /// Lists `base` as its own scan of `columns` does (one LIST, or a HEAD for a single
     /// file); `None` when the table is not read from Parquet files.
-    pub async fn list(base: &Arc<dyn TableProvider>, state: &SessionState, columns: &[usize]) -> Result<Option<Listed>> {
+    pub async fn list(
+        base: &Arc<dyn TableProvider>,
+        state: &SessionState,
+        columns: &[usize],
+    ) -> Result<Option<Listed>> {
         let plan = base.scan(state, Some(&columns.to_vec()), &[], None).await?;
         let Some(exec) = plan.downcast_ref::<DataSourceExec>() else { return Ok(None) };
         let Some((scan, parquet)) = exec.downcast_to_file_source::<ParquetSource>() else { return Ok(None) };
@@ -89,7 +93,12 @@ impl Listed {
 impl Listed {
     /// Runs DataFusion's Parquet scan over `groups` (a file each) with `readers`,
     /// returning the batches file by file, each file's in row order.
-    async fn scan(&self, groups: Vec<FileGroup>, readers: HashMap<String, FileReaderHandle>, context: &Arc<TaskContext>) -> Result<Vec<RecordBatch>> {
+    async fn scan(
+        &self,
+        groups: Vec<FileGroup>,
+        readers: HashMap<String, FileReaderHandle>,
+        context: &Arc<TaskContext>,
+    ) -> Result<Vec<RecordBatch>> {
         if groups.is_empty() {
             return Ok(vec![]);
         }
@@ -136,7 +145,12 @@ impl Located {
 
     /// The rows at `positions` (sorted, distinct, below [`rows`](Self::rows)), in that
     /// order, with the columns the table was listed with.
-    pub async fn read(&self, positions: &[u64], context: &Arc<TaskContext>, io: &Arc<TableIo>) -> Result<Vec<RecordBatch>> {
+    pub async fn read(
+        &self,
+        positions: &[u64],
+        context: &Arc<TaskContext>,
+        io: &Arc<TableIo>,
+    ) -> Result<Vec<RecordBatch>> {
         let mut per_file: Vec<(usize, Vec<u64>)> = vec![];
         for &p in positions {
             if p >= self.total {
@@ -207,10 +221,11 @@ impl Located {
     /// Parquet leaf columns under the columns the table was listed with.
     fn leaves(&self) -> Vec<usize> {
         let Some(footer) = self.footers.first() else { return vec![] };
-        let names: Vec<String> = self.listed.scan.projected_schema().map_or_else(
-            |_| vec![],
-            |s| s.fields().iter().map(|f| f.name().clone()).collect(),
-        );
+        let names: Vec<String> = self
+            .listed
+            .scan
+            .projected_schema()
+            .map_or_else(|_| vec![], |s| s.fields().iter().map(|f| f.name().clone()).collect());
         let descr = footer.plain.file_metadata().schema_descr();
         (0..descr.num_columns())
             .filter(|&c| descr.column(c).path().parts().first().is_some_and(|root| names.contains(root)))

@@ -51,7 +51,9 @@ pub(crate) async fn fetch_all_files(
     let got: Vec<Bytes> = futures::stream::iter(ranges)
         .map(|(location, range)| async move {
             store.get_range(&location, range.clone()).await.map_err(|e| {
-                DataFusionError::External(format!("reading {location} bytes {}..{}: {e}", range.start, range.end).into())
+                DataFusionError::External(
+                    format!("reading {location} bytes {}..{}: {e}", range.start, range.end).into(),
+                )
             })
         })
         .buffered(GETS_IN_FLIGHT)
