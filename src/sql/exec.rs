@@ -12,7 +12,7 @@ use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::{DataType, Int64Type, SchemaRef};
 use datafusion::catalog::{Session, TableProvider};
 use datafusion::common::tree_node::TreeNodeRecursion;
-use datafusion::common::{exec_err, internal_err, DFSchema, DataFusionError, Result, ScalarValue};
+use datafusion::common::{internal_err, DFSchema, DataFusionError, Result, ScalarValue};
 use datafusion::datasource::provider_as_source;
 use datafusion::execution::context::{QueryPlanner, SessionState};
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
@@ -32,7 +32,7 @@ use futures::{StreamExt, TryStreamExt};
 use super::node::{IvfTopKNode, TopK};
 use super::registry;
 use super::rows::{keys, Listed, TableIo};
-use super::table::index_error;
+use super::table::{index_error, VectorTable};
 use crate::{SearchOptions, SearchStats};
 
 /// Physical planning with the index scan added to DataFusion's own planner.
@@ -414,12 +414,15 @@ impl Run {
                 let located = listed.locate(&self.io).await?;
                 let batches = located.read_all(None, &self.context, &self.io).await?;
                 let predicate = conjunction(self.spec.filters.iter().cloned()).expect("filters");
+                let schema = match batches.first() {
+                    Some(b) => b.schema(),
+                    None => return Ok(ids),
+                };
+                let predicate = self.state.create_physical_expr(predicate, &DFSchema::try_from(schema)?)?;
                 let mut position = 0i64;
-                for batch in batches {
+                for batch in &batches {
                     self.counts.base_rows_read.add(batch.num_rows());
-                    let predicate =
-                        self.state.create_physical_expr(predicate.clone(), &DFSchema::try_from(batch.schema())?)?;
-                    let keep = predicate.evaluate(&batch)?.into_array(batch.num_rows())?;
+                    let keep = predicate.evaluate(batch)?.into_array(batch.num_rows())?;
                     for (i, pass) in keep.as_boolean().iter().enumerate() {
                         if pass == Some(true) {
                             ids.push(position + i as i64);
@@ -508,14 +511,7 @@ impl Run {
                 Some(key) => format!("key column '{}' of the table", table.schema().field(key).name()),
                 None => format!("row positions of the table (it has {} rows)", located.rows()),
             };
-            let missing: Vec<String> = missing.iter().take(5).map(|id| id.to_string()).collect();
-            return exec_err!(
-                "index ids do not match {what}: the index {} returned {} candidate ids, only {present} of them are in the table (missing e.g. {}). Is OPTIONS ('index' ...) the index built from this table{}? (Rows deleted since the build are missing too: rebuild the index.)",
-                table.location().as_str(),
-                found.ids.len(),
-                missing.join(", "),
-                if table.key_index().is_some() { ", with these keys" } else { ", its vectors added in table order" }
-            );
+            return Err(ids_mismatch(&what, table, found.ids.len(), present, &missing));
         }
         at.sort_unstable();
         at.dedup_by_key(|&mut (p, _)| p);
@@ -601,16 +597,9 @@ impl Run {
             found.extend(keys.as_primitive::<Int64Type>().iter().flatten());
         }
         if found.len() < self.spec.k.min(ids.len()) {
-            let missing: Vec<String> =
-                ids.iter().filter(|id| !found.contains(id)).take(5).map(|id| id.to_string()).collect();
-            return exec_err!(
-                "index ids do not match key column '{}' of the table: the index {} returned {} candidate ids, only {} of them are in the table (missing e.g. {}). Is OPTIONS ('index' ...) the index built from this table, with these keys? (Rows deleted since the build are missing too: rebuild the index.)",
-                key_field.name(),
-                table.location().as_str(),
-                ids.len(),
-                found.len(),
-                missing.join(", ")
-            );
+            let missing: Vec<i64> = ids.iter().filter(|id| !found.contains(id)).copied().collect();
+            let what = format!("key column '{}' of the table", key_field.name());
+            return Err(ids_mismatch(&what, table, ids.len(), found.len(), &missing));
         }
         let keep: Vec<usize> = (0..self.spec.projection.len()).collect();
         let reranked = self.counts.rows_reranked.clone();
@@ -641,6 +630,23 @@ impl Run {
         let stream = execute_stream(plan.clone(), self.context.clone())?;
         Ok((plan, stream))
     }
+}
+
+/// The error for candidate ids the table does not have: the wrong index, or rows deleted.
+fn ids_mismatch(
+    what: &str,
+    table: &VectorTable,
+    candidates: usize,
+    present: usize,
+    missing: &[i64],
+) -> DataFusionError {
+    let missing: Vec<String> = missing.iter().take(5).map(|id| id.to_string()).collect();
+    let hint = if table.key_index().is_some() { ", with these keys" } else { ", its vectors added in table order" };
+    DataFusionError::Execution(format!(
+        "index ids do not match {what}: the index {} returned {candidates} candidate ids, only {present} of them are in the table (missing e.g. {}). Is OPTIONS ('index' ...) the index built from this table{hint}? (Rows deleted since the build are missing too: rebuild the index.)",
+        table.location().as_str(),
+        missing.join(", "),
+    ))
 }
 
 /// Rows the leaf scans of `plan` produced (before any filter above them).

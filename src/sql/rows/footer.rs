@@ -39,6 +39,14 @@ impl Footer {
         self.plain.file_metadata().num_rows().max(0) as u64
     }
 
+    /// This file's Parquet leaf columns under the columns `names`.
+    pub fn leaves(&self, names: &[String]) -> Vec<usize> {
+        let descr = self.plain.file_metadata().schema_descr();
+        (0..descr.num_columns())
+            .filter(|&c| descr.column(c).path().parts().first().is_some_and(|root| names.contains(root)))
+            .collect()
+    }
+
     fn weight(&self) -> u32 {
         (self.paged.memory_size() + self.plain.memory_size()).min(u32::MAX as usize) as u32
     }

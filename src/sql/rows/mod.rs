@@ -88,9 +88,12 @@ impl Listed {
         }
         Ok(Located { listed: self, footers, starts, total })
     }
-}
 
-impl Listed {
+    /// Names of the columns the table was listed with.
+    fn columns(&self) -> Vec<String> {
+        self.scan.projected_schema().map_or_else(|_| vec![], |s| s.fields().iter().map(|f| f.name().clone()).collect())
+    }
+
     /// Runs DataFusion's Parquet scan over `groups` (a file each) with `readers`,
     /// returning the batches file by file, each file's in row order.
     async fn scan(
@@ -163,11 +166,13 @@ impl Located {
                 _ => per_file.push((file, vec![row])),
             }
         }
-        let leaves = self.leaves();
+        let names = self.listed.columns();
         let mut plans = vec![];
         let mut wanted: Vec<(usize, Range<u64>)> = vec![];
         for (file, rows) in &per_file {
             let footer = &self.footers[*file];
+            // Per file: files of one table may order (or lack) columns differently.
+            let leaves = footer.leaves(&names);
             let paged = leaves.iter().all(|&c| footer.leaf_paged[c]);
             let metadata = if paged { &footer.paged } else { &footer.plain };
             let (plan, ranges) = access(metadata, rows, &leaves);
@@ -216,20 +221,6 @@ impl Located {
             groups.push(FileGroup::new(vec![part.clone()]));
         }
         columns.unwrap_or(&self.listed).scan(groups, readers, context).await
-    }
-
-    /// Parquet leaf columns under the columns the table was listed with.
-    fn leaves(&self) -> Vec<usize> {
-        let Some(footer) = self.footers.first() else { return vec![] };
-        let names: Vec<String> = self
-            .listed
-            .scan
-            .projected_schema()
-            .map_or_else(|_| vec![], |s| s.fields().iter().map(|f| f.name().clone()).collect());
-        let descr = footer.plain.file_metadata().schema_descr();
-        (0..descr.num_columns())
-            .filter(|&c| descr.column(c).path().parts().first().is_some_and(|root| names.contains(root)))
-            .collect()
     }
 }
 
