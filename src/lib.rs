@@ -18,3 +18,9 @@ pub use index::{
     InMemoryIndex, IndexInfo, IvfIndex, IvfIndexBuilder, Metric, OpenOptions, SearchOptions, SearchResult, SearchStats,
     DEFAULT_CACHE_BYTES, MAX_RESULTS,
 };
+
+/// The FAISS this crate was linked with: its version and SIMD level as `build.rs` built
+/// it, e.g. `1.12.0 (avx512)`, or the user's own library (`FAISS_LIB_DIR`).
+pub fn faiss_build() -> &'static str {
+    env!("DFF_FAISS_BUILD")
+}

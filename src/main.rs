@@ -5,7 +5,7 @@ mod cli;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "datafusion-faiss", version, about)]
+#[command(name = "datafusion-faiss", version = concat!(env!("CARGO_PKG_VERSION"), ", FAISS ", env!("DFF_FAISS_BUILD")), about)]
 struct Args {
     #[command(subcommand)]
     command: Command,

@@ -105,10 +105,17 @@ async fn unsupported_types_are_named() {
         ("IDMap,Flat", "IndexFlat"),
         ("PCA8,IVF16,PQ4x4fs", "IndexIVFPQFastScan"),
     ] {
-        let bytes = build_python(&x, D, factory, Metric::L2);
-        let err = open_err(&bytes).await;
-        let Error::Unsupported { type_name, .. } = &err else { panic!("{factory}: {err}") };
-        assert!(type_name.contains(name), "{factory}: {err}");
+        for (writer, bytes) in [("python3-faiss", build_python(&x, D, factory, Metric::L2)), ("pip", build_pip(&x, D, factory, Metric::L2))] {
+            let err = open_err(&bytes).await;
+            let Error::Unsupported { type_name, .. } = &err else { panic!("{writer} {factory}: {err}") };
+            assert!(type_name.contains(name), "{writer} {factory}: {err}");
+        }
+    }
+    // Types newer than the FAISS linked here.
+    for (factory, name) in [("IVF16,RaBitQ4", "IndexIVFRaBitQ with multi-bit codes"), ("RaBitQ", "IndexRaBitQ")] {
+        let err = open_err(&build_pip(&x, D, factory, Metric::L2)).await;
+        let Error::Unsupported { type_name, .. } = &err else { panic!("pip {factory}: {err}") };
+        assert!(type_name.contains(name), "pip {factory}: {err}");
     }
 }
 
@@ -290,18 +297,16 @@ async fn counts_beyond_the_object_are_refused_before_faiss_allocates() {
 }
 
 #[tokio::test]
-async fn scalar_quantizers_of_newer_faiss_are_refused_at_open() {
-    // SQfp16 and bf16 share the layout (2 bytes a component, nothing trained): with the
-    // type field set to QT_bf16 (7) the file is what FAISS >= 1.9 writes for SQbf16.
+async fn unknown_scalar_quantizer_type_is_refused_naming_it() {
     let good = ivf_bytes("IVF16,SQfp16").await;
     let q = good.windows(4).position(|w| w == b"IwSq").unwrap() + 37 + 16 + 37 + 8 + 16 * 16 * 4 + 9;
     assert_eq!(i32::from_le_bytes(good[q..q + 4].try_into().unwrap()), 4, "QT_fp16");
-    for (qtype, name) in [(7i32, "SQbf16"), (8, "SQ8_direct_signed")] {
+    for qtype in [9i32, -1, i32::MAX] {
         let mut bytes = good.clone();
         bytes[q..q + 4].copy_from_slice(&qtype.to_le_bytes());
         let err = open_err(&bytes).await;
-        let Error::Unsupported { type_name, .. } = &err else { panic!("{err}") };
-        assert!(type_name.contains(name), "{err}");
+        let Error::BadHeader { field, offset, .. } = &err else { panic!("{err}") };
+        assert_eq!((field.as_str(), *offset), ("scalar quantizer type", q as u64), "{err}");
     }
 }
 

@@ -109,6 +109,8 @@ async fn mutated_files_never_crash() {
         ("IDMap2,IVF8,Flat", Metric::L2),
         ("PCA8,IVF8,SQ8", Metric::L2),
         ("OPQ4_16,IVF8,PQ4x4", Metric::L2),
+        ("IVF8,SQbf16", Metric::InnerProduct),
+        ("IVF8,RaBitQ", Metric::L2),
     ] {
         seeds.push((factory, build_ours(&x, D, factory, metric).await));
     }
@@ -118,6 +120,8 @@ async fn mutated_files_never_crash() {
     seeds.push(("IDMap,IVF8,SQ8 (python)", build_python(&x, D, "IDMap,IVF8,SQ8", Metric::L2)));
     seeds
         .push(("IDMap2,PCA8,IVF8,PQ4x4 (python)", build_python(&x, D, "IDMap2,PCA8,IVF8,PQ4x4", Metric::InnerProduct)));
+    // The writer most users have: pip's faiss-cpu.
+    seeds.push(("IDMap2,IVF8,RaBitQ (pip)", build_pip(&x, D, "IDMap2,IVF8,RaBitQ", Metric::InnerProduct)));
 
     let mut mutants = Vec::new();
     for (name, bytes) in &seeds {

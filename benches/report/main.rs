@@ -14,6 +14,7 @@ mod cells;
 mod data;
 mod lookup;
 mod output;
+mod pip;
 mod sql;
 mod wire;
 
@@ -138,11 +139,15 @@ fn main() {
     // `cargo bench` passes --bench; `cargo test` runs bench targets without it.
     let is_full = std::env::args().any(|a| a == "--bench");
     let mut plan = if is_full { full() } else { smoke() };
-    // DFF_REPORT=lookup measures the row-lookup section alone (its data set's IVF-Flat).
-    let only_lookup = std::env::var("DFF_REPORT").is_ok_and(|v| v == "lookup");
+    // DFF_REPORT=lookup measures the row-lookup section alone (its data set's IVF-Flat);
+    // DFF_REPORT=flat every section but the row lookup, on the IVF-Flat indexes only.
+    let section = std::env::var("DFF_REPORT").unwrap_or_default();
+    let only_lookup = section == "lookup";
     if only_lookup {
         let name = plan.lookup.dataset.clone();
         plan.specs.retain(|s| s.name == name);
+    }
+    if only_lookup || section == "flat" {
         plan.specs.iter_mut().for_each(|s| s.factories.retain(|f| f.ends_with(",Flat")));
     }
     let started = Instant::now();
@@ -158,6 +163,7 @@ fn main() {
         cells: Vec::new(),
         sql: Vec::new(),
         lookup: Vec::new(),
+        pip: Vec::new(),
         headline: plan.headline.clone(),
     };
 
@@ -190,6 +196,9 @@ fn main() {
                 report.cells.push(cells::faiss_cell(&faiss, &r, nprobe, plan.budget, cell));
             }
             drop(faiss);
+            if factory.ends_with(",Flat") {
+                report.pip.extend(pip::measure(ds, factory, file, &plan.nprobes, plan.budget.max_queries));
+            }
 
             rt.block_on(async {
                 let index = Arc::new(IvfIndex::open_file(file).await.unwrap());
@@ -220,8 +229,10 @@ fn main() {
     }
 
     // Made outside the runtime: building an index blocks.
-    let larger = plan.lookup.larger.as_ref().map(|spec| data::prepare(spec, &plan.out));
-    rt.block_on(measure_lookup(&plan, &datasets, larger.as_ref(), &s3, &mut report));
+    if section != "flat" {
+        let larger = plan.lookup.larger.as_ref().map(|spec| data::prepare(spec, &plan.out));
+        rt.block_on(measure_lookup(&plan, &datasets, larger.as_ref(), &s3, &mut report));
+    }
 
     report.setup.push(format!("whole run: {:.0} s", started.elapsed().as_secs_f64()));
     let md = report.markdown();
@@ -337,15 +348,12 @@ fn setup_lines(plan: &Plan, datasets: &[data::Dataset]) -> Vec<String> {
         .lines()
         .find_map(|l| l.strip_prefix("MemTotal:").map(|v| v.trim().to_string()))
         .unwrap_or_default();
-    let faiss = std::process::Command::new("dpkg-query")
-        .args(["-W", "-f", "${Version}", "libfaiss-dev"])
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-        .unwrap_or_default();
     let mut lines = vec![
         format!(
-            "machine: {} cores ({cpu}), {mem}; FAISS {faiss} (Debian libfaiss-dev), one build for every mode",
-            std::thread::available_parallelism().map_or(0, |n| n.get())
+            "machine: {} cores ({cpu}), {mem}; FAISS {} built from source by build.rs, one build for every mode \
+             (\"FAISS in memory\"); pip faiss-cpu in memory from Python, one thread, for comparison",
+            std::thread::available_parallelism().map_or(0, |n| n.get()),
+            datafusion_faiss::faiss_build(),
         ),
         format!(
             "per cell: up to {} queries one after another (at least {}, stopping after {:?}), then {:?} at each concurrency; k = 10",

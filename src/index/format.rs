@@ -1,5 +1,5 @@
 //! The header check: every field of the index types we accept is read and checked here
-//! before FAISS parses the same bytes. FAISS 1.7.3 trusts its counts (a vector count is
+//! before FAISS parses the same bytes. FAISS trusts its counts (a vector count is
 //! allocated before its bytes are read; `IDMap2` loops over `ntotal` entries of a shorter
 //! id map; `PQ` divides by `M`), so a bad file can crash or exhaust memory inside it: each
 //! count is checked against the bytes left in the object and each size against the sizes
@@ -10,7 +10,7 @@ use crate::error::{Error, Result};
 use crate::fetch::HeaderSource;
 
 /// FAISS index tags and their class names, for the error message.
-const KNOWN: [(&[u8; 4], &str); 30] = [
+const KNOWN: [(&[u8; 4], &str); 33] = [
     (b"IxF2", "IndexFlatL2"),
     (b"IxFI", "IndexFlatIP"),
     (b"IxFl", "IndexFlat"),
@@ -41,6 +41,9 @@ const KNOWN: [(&[u8; 4], &str); 30] = [
     (b"IwLS", "IndexIVFLocalSearchQuantizer"),
     (b"IvFl", "IndexIVFFlat (pre-2018 format)"),
     (b"IvPQ", "IndexIVFPQ (pre-2018 format)"),
+    (b"IwIQ", "IndexIVFIndependentQuantizer"),
+    (b"Ixrq", "IndexRaBitQ"),
+    (b"Iwrr", "IndexIVFRaBitQ with multi-bit codes (written by FAISS 1.13 or newer)"),
 ];
 
 /// FAISS refuses vectors of more elements than this (`READVECTOR`).
@@ -241,7 +244,7 @@ impl Walk<'_> {
                 self.same("IndexPreTransform ntotal", h.at + 4, h.ntotal, "the wrapped index's ntotal", inner.ntotal)?;
                 Ok(Node { d: h.d, ntotal: h.ntotal })
             }
-            b"IwFl" | b"IwSq" | b"IwSQ" | b"IwPQ" => self.ivf(tag),
+            b"IwFl" | b"IwSq" | b"IwSQ" | b"IwPQ" | b"Iwrq" => self.ivf(tag),
             _ => Err(self.unsupported(tag, at, "")),
         }
     }
@@ -364,6 +367,17 @@ impl Walk<'_> {
                 self.same("IVFPQ code_size", at, code_size, "the product quantizer's code size", pq)?;
                 code_size
             }
+            b"Iwrq" => {
+                let rabitq = self.rabitq(h.d)?;
+                let (code_size, at) = self.u64("IVFRaBitQ code_size")?;
+                self.same("IVFRaBitQ code_size", at, code_size, "the RaBitQ quantizer's code size", rabitq)?;
+                self.bool("IVFRaBitQ by_residual")?;
+                let (qb, qb_at) = self.bytes::<1>("IVFRaBitQ qb").map(|b| (b[0], self.pos - 1))?;
+                if qb > 8 {
+                    return Err(self.bad("IVFRaBitQ qb", qb_at, qb, "query bits must be 0 to 8"));
+                }
+                code_size
+            }
             _ => {
                 let sq = self.sq(h.d)?;
                 let (code_size, at) = self.u64("IVFSQ code_size")?;
@@ -405,15 +419,8 @@ impl Walk<'_> {
             4 => (2 * d, 0),                   // QT_fp16
             5 => (d, 0),                       // QT_8bit_direct
             6 => ((d * 6).div_ceil(8), 2 * d), // QT_6bit
-            7 | 8 => {
-                let name = if qtype == 7 { "SQbf16" } else { "SQ8_direct_signed" };
-                return Err(Error::Unsupported {
-                    path: self.src.name().to_string(),
-                    type_name: format!(
-                        "scalar quantizer {name} (type {qtype} at offset {at}: written by a newer FAISS than the 1.7.3 linked here)"
-                    ),
-                });
-            }
+            7 => (2 * d, 0),                   // QT_bf16
+            8 => (d, 0),                       // QT_8bit_direct_signed
             _ => return Err(self.bad("scalar quantizer type", at, qtype, "not a FAISS scalar quantizer type")),
         };
         self.i32("scalar quantizer rangestat")?;
@@ -441,6 +448,21 @@ impl Walk<'_> {
         let (n, n_at) = self.vector("product quantizer centroids", 4)?;
         self.same("product quantizer centroids length", n_at - 8, n, "d × 2^nbits", d << nbits)?;
         Ok((nbits * m).div_ceil(8))
+    }
+
+    /// A RaBitQ quantizer (`read_RaBitQuantizer`); returns its code size: one sign bit
+    /// per dimension, then two f32 factors.
+    fn rabitq(&mut self, d: u64) -> Result<u64> {
+        let (rd, d_at) = self.u64("RaBitQ d")?;
+        self.same("RaBitQ d", d_at, rd, "the IVF index's d", d)?;
+        let expected = d.div_ceil(8) + 8;
+        let (code_size, at) = self.u64("RaBitQ code_size")?;
+        self.same("RaBitQ code_size", at, code_size, "d / 8 sign bytes + 8 factor bytes", expected)?;
+        let (metric, m_at) = self.i32("RaBitQ metric_type")?;
+        if !(0..=1).contains(&metric) {
+            return Err(self.bad("RaBitQ metric_type", m_at, metric, "must be 0 (inner product) or 1 (L2)"));
+        }
+        Ok(code_size)
     }
 
     /// The `ilar` inverted lists: sizes checked, data skipped (never read).

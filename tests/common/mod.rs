@@ -62,15 +62,25 @@ pub async fn build_ours(x: &[f32], d: usize, factory: &str, metric: Metric) -> V
     store.get(&path).await.unwrap().bytes().await.unwrap().to_vec()
 }
 
-/// Index bytes written by Debian's python3-faiss.
+/// Index bytes written by Debian's python3-faiss (FAISS 1.7.3).
 pub fn build_python(x: &[f32], d: usize, factory: &str, metric: Metric) -> Vec<u8> {
+    write_with_python(std::path::Path::new("/usr/bin/python3"), x, d, factory, metric)
+}
+
+/// Index bytes written by pip's faiss-cpu (the newest release, in .work/venv): the FAISS
+/// most users write their files with.
+pub fn build_pip(x: &[f32], d: usize, factory: &str, metric: Metric) -> Vec<u8> {
+    write_with_python(&PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".work/venv/bin/python"), x, d, factory, metric)
+}
+
+fn write_with_python(python: &std::path::Path, x: &[f32], d: usize, factory: &str, metric: Metric) -> Vec<u8> {
     let dir = tempfile::tempdir().unwrap();
     let vectors = dir.path().join("x.f32");
     let out = dir.path().join("index.faiss");
     std::fs::write(&vectors, x.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>()).unwrap();
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/python/write_index.py");
     let metric = if metric == Metric::L2 { "l2" } else { "ip" };
-    let status = Command::new("/usr/bin/python3")
+    let status = Command::new(python)
         .args([
             script.as_os_str(),
             vectors.as_os_str(),
@@ -80,8 +90,8 @@ pub fn build_python(x: &[f32], d: usize, factory: &str, metric: Metric) -> Vec<u
             out.as_os_str(),
         ])
         .status()
-        .expect("running /usr/bin/python3 (python3-faiss): run scripts/setup.sh");
-    assert!(status.success(), "python3-faiss failed to write {factory}");
+        .unwrap_or_else(|e| panic!("running {} (FAISS for Python): {e}: run scripts/setup.sh", python.display()));
+    assert!(status.success(), "{} failed to write {factory}", python.display());
     std::fs::read(out).unwrap()
 }
 

@@ -1,4 +1,5 @@
-"""Writes a FAISS index with Debian's python3-faiss: fixtures from a second implementation.
+"""Writes a FAISS index with the Python FAISS running it (Debian's python3-faiss 1.7.3, or
+pip's faiss-cpu in .work/venv): fixtures from other writers than this crate.
 
 usage: write_index.py VECTORS(f32 raw) DIM FACTORY METRIC(l2|ip) OUT
 Vectors are trained on and added with ids 3*i + 11 (where the type takes ids).
