@@ -6,7 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-PACKAGES=(cmake g++ libopenblas-dev python3-faiss python3-numpy python3-venv dataset-fashion-mnist fonts-dejavu-core curl)
+PACKAGES=(cmake make g++ libopenblas-dev python3-faiss python3-numpy python3-venv dataset-fashion-mnist fonts-dejavu-core curl)
 missing=()
 for p in "${PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
