@@ -304,17 +304,45 @@ struct AllowedIds : faiss::IDSelector {
     }
 };
 
-// FAISS reads list codes as floats / int64: hand it aligned memory, copying a list only
-// when its bytes sit at an odd offset inside the fetched buffer.
-template <class T>
-const T* aligned(const uint8_t* p, size_t count, std::vector<T>& spare) {
-    if (reinterpret_cast<uintptr_t>(p) % alignof(T) == 0) {
-        return reinterpret_cast<const T*>(p);
+// FAISS reads list codes as floats (when a code is whole floats) and ids as int64: it
+// needs them aligned. In a FAISS file every list starts at an odd offset, so a list of a
+// memory-mapped file is misaligned; it is scanned in chunks copied into aligned buffers
+// small enough to stay in cache, so the copy does not cost a second pass over memory. A
+// chunk is a multiple of 8 codes: scanners that take codes in groups group them as in
+// one call over the whole list, so results are FAISS's own.
+struct ListScan {
+    static constexpr size_t CHUNK_BYTES = 64 * 1024;
+
+    explicit ListScan(size_t code_size)
+            : code_size(code_size),
+              chunk(std::max<size_t>(8, CHUNK_BYTES / std::max<size_t>(code_size, 1) / 8 * 8)),
+              codes(chunk * code_size / 8 + 1),
+              ids(chunk) {}
+
+    size_t operator()(faiss::InvertedListScanner& scanner, size_t size, const uint8_t* list_codes,
+                      const uint8_t* list_ids, float* dis, int64_t* labels, size_t k) {
+        bool fits = (code_size % 4 != 0 || reinterpret_cast<uintptr_t>(list_codes) % 4 == 0) &&
+                    reinterpret_cast<uintptr_t>(list_ids) % 8 == 0;
+        if (fits) {
+            return scanner.scan_codes(size, list_codes, reinterpret_cast<const int64_t*>(list_ids),
+                                      dis, labels, k);
+        }
+        size_t updates = 0;
+        for (size_t at = 0; at < size; at += chunk) {
+            size_t n = std::min(chunk, size - at);
+            std::memcpy(codes.data(), list_codes + at * code_size, n * code_size);
+            std::memcpy(ids.data(), list_ids + at * 8, n * 8);
+            updates += scanner.scan_codes(n, reinterpret_cast<const uint8_t*>(codes.data()), ids.data(),
+                                          dis, labels, k);
+        }
+        return updates;
     }
-    spare.resize(count);
-    std::memcpy(spare.data(), p, count * sizeof(T));
-    return spare.data();
-}
+
+    size_t code_size;
+    size_t chunk;
+    std::vector<uint64_t> codes;
+    std::vector<int64_t> ids;
+};
 
 void check_len(const char* what, size_t got, size_t want) {
     if (got != want) {
@@ -394,8 +422,7 @@ ScanStats IvfIndex::scan(rust::Slice<const float> queries, size_t k, size_t npro
     AllowedIds selector(allowed, id_maps_);
     std::unique_ptr<faiss::InvertedListScanner> scanner(
             ivf_->get_InvertedListScanner(false, filtered ? &selector : nullptr));
-    std::vector<float> spare_codes;
-    std::vector<int64_t> spare_ids;
+    ListScan scan_list(code_size);
     ScanStats stats{};
 
     // Same loop as IndexIVF::search_preassigned (one query at a time, probes in
@@ -432,13 +459,8 @@ ScanStats IvfIndex::scan(rust::Slice<const float> queries, size_t k, size_t npro
                                             std::to_string(codes_len + size * 8));
             }
             const uint8_t* codes = it->bytes.data();
-            if (code_size % 4 == 0) {
-                codes = reinterpret_cast<const uint8_t*>(
-                        aligned<float>(codes, codes_len / 4, spare_codes));
-            }
-            const int64_t* list_ids = aligned<int64_t>(it->bytes.data() + codes_len, size, spare_ids);
             scanner->set_list(key, coarse[i * nprobe + p]);
-            stats.heap_updates += scanner->scan_codes(size, codes, list_ids, dis, ids, k);
+            stats.heap_updates += scan_list(*scanner, size, codes, codes + codes_len, dis, ids, k);
             stats.lists_scanned += 1;
             stats.codes_scanned += size;
         }

@@ -160,3 +160,23 @@ async fn open_reads_header_only_and_search_fetches_probed_lists() {
     assert!(ours.stats.fetch.bytes < info.file_size / 4, "fetched {} of {}", ours.stats.fetch.bytes, info.file_size);
     assert_same(&ours, &reference(&bytes, &q, 10, 16), "IVF256,Flat");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lists_longer_than_a_scan_chunk_equal_faiss_when_mapped() {
+    // One or two lists of thousands of codes: a mapped file's lists are misaligned (they
+    // start at odd offsets), so they are scanned in chunks of copied codes.
+    let x = clustered(N, D, 12, 4);
+    let queries = clustered(25, D, 12, 98);
+    let dir = tempfile::tempdir().unwrap();
+    for (factory, metric) in [("IVF1,Flat", Metric::L2), ("IVF2,Flat", Metric::InnerProduct)] {
+        let bytes = build_ours(&x, D, factory, metric).await;
+        let file = dir.path().join("long.faiss");
+        std::fs::write(&file, &bytes).unwrap();
+        let index = IvfIndex::open_file(&file).await.unwrap();
+        assert_ne!(index.list_range(0).start % 4, 0, "{factory}: the first list is misaligned in the file");
+        for k in [10, 100] {
+            let ours = index.search(&queries, k, 2).await.unwrap();
+            assert_same(&ours, &reference(&bytes, &queries, k, 2), &format!("{factory} mapped k={k}"));
+        }
+    }
+}
