@@ -107,6 +107,9 @@ pub struct Cell {
     /// Bytes the searches fetched ÷ bytes of the lists they probed (worst query).
     pub fetched_over_probed: f64,
     pub peak_rss_mib: f64,
+    /// Page faults of the process per query (minor, major), queries one after another:
+    /// what reading a memory-mapped file costs when its pages are not mapped in.
+    pub faults: (f64, f64),
 }
 
 /// What every cell of one index at one nprobe compares against.
@@ -193,6 +196,7 @@ pub async fn our_cell(
     let mut times = Vec::new();
     let mut ids = Vec::new();
     let (mut traffic, mut gets, mut trips, mut waves, mut ratio) = (Traffic::default(), 0, 0, 0, 0f64);
+    let faults_before = faults();
     let started = Instant::now();
     while ids.len() < budget.max_queries && (ids.len() < budget.min_queries || started.elapsed() < budget.sequential) {
         let before = place.traffic();
@@ -217,6 +221,8 @@ pub async fn our_cell(
         ids.push(result.ids);
     }
     let n = ids.len() as f64;
+    let faults_after = faults();
+    cell.faults = ((faults_after.0 - faults_before.0) as f64 / n, (faults_after.1 - faults_before.1) as f64 / n);
     (cell.gets, cell.round_trips, cell.bytes) =
         (traffic.gets as f64 / n, traffic.round_trips as f64 / n, traffic.bytes as f64 / n);
     (cell.max_gets, cell.max_round_trips, cell.max_waves, cell.fetched_over_probed) = (gets, trips, waves, ratio);
@@ -308,6 +314,14 @@ fn finish(cell: &mut Cell, r: &Reference, ids: &[Vec<i64>], times: &mut [Duratio
     cell.p99_ms = at(0.99);
     cell.queries = ids.len();
     r.score(cell, ids);
+}
+
+/// The process's page faults so far, minor and major (`/proc/self/stat`).
+fn faults() -> (u64, u64) {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let fields: Vec<&str> = stat.rsplit_once(") ").map_or(vec![], |(_, rest)| rest.split(' ').collect());
+    let field = |i: usize| fields.get(i).and_then(|v| v.parse().ok()).unwrap_or(0);
+    (field(7), field(9))
 }
 
 /// The process's peak resident set over a span: the kernel's high-water mark, reset at

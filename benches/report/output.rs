@@ -241,15 +241,21 @@ impl Report {
         let _ = writeln!(md, "\n## FAISS from pip: the same file and queries, one thread, one query at a time\n");
         let _ = writeln!(
             md,
-            "| data | index | nprobe | pip faiss-cpu p50 | FAISS in memory (same build) p50 | ours warm (local file) p50 | ours ÷ pip | ours ÷ same build |\n|---|---|---|---|---|---|---|---|"
+            "| data | index | nprobe | pip faiss-cpu p50 | FAISS in memory (same build) p50 | ours warm (local file) p50 | page faults / query (minor, major) | ours warm (S3 +0 ms, lists cached) p50 | local ÷ pip | local ÷ same build | S3 ÷ same build |\n|{}",
+            "---|".repeat(11)
         );
         for p in &self.pip {
-            let same = self.cell(&p.dataset, &p.factory, p.nprobe, Mode::Faiss, "memory").map_or(f64::NAN, |c| c.p50_ms);
-            let ours = self.cell(&p.dataset, &p.factory, p.nprobe, Mode::Warm, "local file").map_or(f64::NAN, |c| c.p50_ms);
+            let p50 = |mode: Mode, store: &str| self.cell(&p.dataset, &p.factory, p.nprobe, mode, store);
+            let same = p50(Mode::Faiss, "memory").map_or(f64::NAN, |c| c.p50_ms);
+            let local = p50(Mode::Warm, "local file");
+            let faults = local.map_or((f64::NAN, f64::NAN), |c| c.faults);
+            let local = local.map_or(f64::NAN, |c| c.p50_ms);
+            let s3 = p50(Mode::Warm, FAST).map_or(f64::NAN, |c| c.p50_ms);
             let _ = writeln!(
                 md,
-                "| {} | {} | {} | {:.3} ms ({}) | {:.3} ms | {:.3} ms | {:.2}× | {:.2}× |",
-                p.dataset, p.factory, p.nprobe, p.p50_ms, p.version, same, ours, ours / p.p50_ms, ours / same
+                "| {} | {} | {} | {:.3} ms ({}) | {:.3} ms | {:.3} ms | {:.0}, {:.0} | {:.3} ms | {:.2}× | {:.2}× | {:.2}× |",
+                p.dataset, p.factory, p.nprobe, p.p50_ms, p.version, same, local, faults.0, faults.1, s3,
+                local / p.p50_ms, local / same, s3 / same
             );
         }
 
@@ -409,12 +415,12 @@ impl Report {
             .iter()
             .map(|c| {
                 format!(
-                    "{{\"dataset\":{},\"index\":{},\"nprobe\":{},\"mode\":{},\"store\":{},\"queries\":{},\"same_ids\":{},\"recall\":{},\"p50_ms\":{},\"p99_ms\":{},\"qps\":{{{}}},\"gets\":{},\"max_gets\":{},\"round_trips\":{},\"max_round_trips\":{},\"max_waves\":{},\"bytes\":{},\"fetched_over_probed\":{},\"peak_rss_mib\":{}}}",
+                    "{{\"dataset\":{},\"index\":{},\"nprobe\":{},\"mode\":{},\"store\":{},\"queries\":{},\"same_ids\":{},\"recall\":{},\"p50_ms\":{},\"p99_ms\":{},\"qps\":{{{}}},\"gets\":{},\"max_gets\":{},\"round_trips\":{},\"max_round_trips\":{},\"max_waves\":{},\"bytes\":{},\"fetched_over_probed\":{},\"peak_rss_mib\":{},\"faults_minor\":{},\"faults_major\":{}}}",
                     s(&c.dataset), s(&c.factory), c.nprobe, s(&c.mode), s(&c.store), c.queries, f(c.same_ids),
                     f(c.recall), f(c.p50_ms), f(c.p99_ms),
                     CONCURRENCY.iter().zip(&c.qps).map(|(n, q)| format!("\"{n}\":{}", f(*q))).collect::<Vec<_>>().join(","),
                     f(c.gets), c.max_gets, f(c.round_trips), c.max_round_trips, c.max_waves, f(c.bytes), f(c.fetched_over_probed),
-                    f(c.peak_rss_mib)
+                    f(c.peak_rss_mib), f(c.faults.0), f(c.faults.1)
                 )
             })
             .collect::<Vec<_>>()
