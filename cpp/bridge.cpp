@@ -304,46 +304,6 @@ struct AllowedIds : faiss::IDSelector {
     }
 };
 
-// FAISS reads list codes as floats (when a code is whole floats) and ids as int64: it
-// needs them aligned. In a FAISS file every list starts at an odd offset, so a list of a
-// memory-mapped file is misaligned; it is scanned in chunks copied into aligned buffers
-// small enough to stay in cache, so the copy does not cost a second pass over memory. A
-// chunk is a multiple of 8 codes: scanners that take codes in groups group them as in
-// one call over the whole list, so results are FAISS's own.
-struct ListScan {
-    static constexpr size_t CHUNK_BYTES = 64 * 1024;
-
-    explicit ListScan(size_t code_size)
-            : code_size(code_size),
-              chunk(std::max<size_t>(8, CHUNK_BYTES / std::max<size_t>(code_size, 1) / 8 * 8)),
-              codes(chunk * code_size / 8 + 1),
-              ids(chunk) {}
-
-    size_t operator()(faiss::InvertedListScanner& scanner, size_t size, const uint8_t* list_codes,
-                      const uint8_t* list_ids, float* dis, int64_t* labels, size_t k) {
-        bool fits = (code_size % 4 != 0 || reinterpret_cast<uintptr_t>(list_codes) % 4 == 0) &&
-                    reinterpret_cast<uintptr_t>(list_ids) % 8 == 0;
-        if (fits) {
-            return scanner.scan_codes(size, list_codes, reinterpret_cast<const int64_t*>(list_ids),
-                                      dis, labels, k);
-        }
-        size_t updates = 0;
-        for (size_t at = 0; at < size; at += chunk) {
-            size_t n = std::min(chunk, size - at);
-            std::memcpy(codes.data(), list_codes + at * code_size, n * code_size);
-            std::memcpy(ids.data(), list_ids + at * 8, n * 8);
-            updates += scanner.scan_codes(n, reinterpret_cast<const uint8_t*>(codes.data()), ids.data(),
-                                          dis, labels, k);
-        }
-        return updates;
-    }
-
-    size_t code_size;
-    size_t chunk;
-    std::vector<uint64_t> codes;
-    std::vector<int64_t> ids;
-};
-
 void check_len(const char* what, size_t got, size_t want) {
     if (got != want) {
         throw std::invalid_argument(std::string(what) + ": expected " + std::to_string(want) +
@@ -422,7 +382,6 @@ ScanStats IvfIndex::scan(rust::Slice<const float> queries, size_t k, size_t npro
     AllowedIds selector(allowed, id_maps_);
     std::unique_ptr<faiss::InvertedListScanner> scanner(
             ivf_->get_InvertedListScanner(false, filtered ? &selector : nullptr));
-    ListScan scan_list(code_size);
     ScanStats stats{};
 
     // Same loop as IndexIVF::search_preassigned (one query at a time, probes in
@@ -458,9 +417,13 @@ ScanStats IvfIndex::scan(rust::Slice<const float> queries, size_t k, size_t npro
                                             " bytes, expected " +
                                             std::to_string(codes_len + size * 8));
             }
+            // Lists sit at odd offsets of a FAISS file, so codes and ids of a mapped file
+            // are misaligned: FAISS's own memory-mapped reading (IO_FLAG_MMAP_IFC) hands
+            // its scanners the same views, so they are passed as they are, not copied.
             const uint8_t* codes = it->bytes.data();
+            auto* list_ids = reinterpret_cast<const int64_t*>(codes + codes_len);
             scanner->set_list(key, coarse[i * nprobe + p]);
-            stats.heap_updates += scan_list(*scanner, size, codes, codes + codes_len, dis, ids, k);
+            stats.heap_updates += scanner->scan_codes(size, codes, list_ids, dis, ids, k);
             stats.lists_scanned += 1;
             stats.codes_scanned += size;
         }

@@ -162,9 +162,9 @@ async fn open_reads_header_only_and_search_fetches_probed_lists() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn lists_longer_than_a_scan_chunk_equal_faiss_when_mapped() {
-    // One or two lists of thousands of codes: a mapped file's lists are misaligned (they
-    // start at odd offsets), so they are scanned in chunks of copied codes.
+async fn misaligned_lists_of_a_mapped_file_equal_faiss() {
+    // One or two lists of thousands of codes, at odd offsets of a mapped file: FAISS
+    // scans them in place, as its own memory-mapped reading does.
     let x = clustered(N, D, 12, 4);
     let queries = clustered(25, D, 12, 98);
     let dir = tempfile::tempdir().unwrap();
