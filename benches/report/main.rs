@@ -366,17 +366,6 @@ fn setup_lines(plan: &Plan, datasets: &[data::Dataset]) -> Vec<String> {
          emptying can drop lists another just fetched"
             .into(),
     ];
-    // A memory-mapped index reads the page cache, which such a machine pages out.
-    let damon = "/sys/kernel/mm/damon/admin/kdamonds/0";
-    let read = |f: &str| std::fs::read_to_string(format!("{damon}/{f}")).unwrap_or_default().trim().to_string();
-    if read("state") == "on" && read("contexts/0/schemes/0/action") == "pageout" {
-        lines.push(
-            "this machine runs DAMON's pageout (kdamond): pages not accessed for a while are paged out, the \
-             page cache of a memory-mapped index among them, so the local-file cells fault them in again \
-             (see the page faults per query)"
-                .into(),
-        );
-    }
     for ds in datasets {
         let files: Vec<String> = ds
             .indexes
