@@ -39,7 +39,7 @@ fn main() {
     for f in ["src/ffi.rs", "cpp/bridge.cpp", "cpp/bridge.h"] {
         println!("cargo:rerun-if-changed={f}");
     }
-    for v in ["FAISS_LIB_DIR", "FAISS_INCLUDE_DIR", "FAISS_OPT_LEVEL", "FAISS_SOURCE_DIR"] {
+    for v in ["FAISS_LIB_DIR", "FAISS_INCLUDE_DIR", "FAISS_OPT_LEVEL", "FAISS_SOURCE_DIR", "FAISS_CACHE_DIR"] {
         println!("cargo:rerun-if-env-changed={v}");
     }
     let faiss = match env::var("FAISS_LIB_DIR") {
