@@ -80,7 +80,10 @@ fn main() {
 fn user_build(dir: String) -> Result<Faiss, String> {
     let include = PathBuf::from(env::var("FAISS_INCLUDE_DIR").unwrap_or_else(|_| "/usr/include".into()));
     if !include.join("faiss/IndexIVF.h").exists() {
-        return Err(format!("FAISS_LIB_DIR is set but {}/faiss/IndexIVF.h is missing: set FAISS_INCLUDE_DIR", include.display()));
+        return Err(format!(
+            "FAISS_LIB_DIR is set but {}/faiss/IndexIVF.h is missing: set FAISS_INCLUDE_DIR",
+            include.display()
+        ));
     }
     // A CMake build of FAISS names its library after its level.
     let lib = ["faiss", "faiss_avx2", "faiss_avx512"]
@@ -88,7 +91,13 @@ fn user_build(dir: String) -> Result<Faiss, String> {
         .find(|l| Path::new(&dir).join(format!("lib{l}.a")).exists())
         .ok_or_else(|| format!("no libfaiss.a, libfaiss_avx2.a or libfaiss_avx512.a in FAISS_LIB_DIR={dir}"))?;
     let flags = LEVELS.iter().find(|(l, _)| lib.ends_with(l)).map_or(&[][..], |(_, f)| *f);
-    Ok(Faiss { name: format!("from FAISS_LIB_DIR={dir} ({lib})"), lib_dir: dir.into(), lib: lib.into(), include, flags })
+    Ok(Faiss {
+        name: format!("from FAISS_LIB_DIR={dir} ({lib})"),
+        lib_dir: dir.into(),
+        lib: lib.into(),
+        include,
+        flags,
+    })
 }
 
 fn from_source() -> Result<Faiss, String> {
@@ -178,7 +187,8 @@ fn source_dir() -> Result<PathBuf, String> {
 /// FAISS's version, from `project(faiss VERSION x.y.z` in its CMakeLists.txt.
 fn version(source: &Path) -> Result<String, String> {
     let file = source.join("CMakeLists.txt");
-    let text = fs::read_to_string(&file).map_err(|e| format!("{}: {e} (is this a FAISS source tree?)", file.display()))?;
+    let text =
+        fs::read_to_string(&file).map_err(|e| format!("{}: {e} (is this a FAISS source tree?)", file.display()))?;
     let after = text.split_once("project(faiss").map(|(_, rest)| rest).unwrap_or_default();
     after
         .split_whitespace()
@@ -217,7 +227,8 @@ fn compiler_version() -> String {
 }
 
 fn run(cmd: &mut Command) -> Result<(), String> {
-    let out = cmd.output().map_err(|e| format!("cannot run {cmd:?}: {e} (is cmake installed? run scripts/setup.sh)"))?;
+    let out =
+        cmd.output().map_err(|e| format!("cannot run {cmd:?}: {e} (is cmake installed? run scripts/setup.sh)"))?;
     if out.status.success() {
         return Ok(());
     }

@@ -105,7 +105,10 @@ async fn unsupported_types_are_named() {
         ("IDMap,Flat", "IndexFlat"),
         ("PCA8,IVF16,PQ4x4fs", "IndexIVFPQFastScan"),
     ] {
-        for (writer, bytes) in [("python3-faiss", build_python(&x, D, factory, Metric::L2)), ("pip", build_pip(&x, D, factory, Metric::L2))] {
+        for (writer, bytes) in [
+            ("python3-faiss", build_python(&x, D, factory, Metric::L2)),
+            ("pip", build_pip(&x, D, factory, Metric::L2)),
+        ] {
             let err = open_err(&bytes).await;
             let Error::Unsupported { type_name, .. } = &err else { panic!("{writer} {factory}: {err}") };
             assert!(type_name.contains(name), "{writer} {factory}: {err}");

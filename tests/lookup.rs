@@ -8,7 +8,8 @@ use std::sync::Arc;
 
 use common::*;
 use datafusion::arrow::array::{AsArray, RecordBatch};
-use datafusion::arrow::datatypes::{Float64Type, Int64Type};
+use datafusion::arrow::compute::cast;
+use datafusion::arrow::datatypes::{DataType, Float64Type, Int64Type};
 use datafusion::execution::object_store::ObjectStoreUrl;
 use datafusion::prelude::SessionContext;
 use datafusion_faiss::{IvfIndexBuilder, Metric};
@@ -44,7 +45,7 @@ async fn rows(ctx: &SessionContext, sql: &str) -> Vec<(i64, f64)> {
     batches
         .iter()
         .flat_map(|b| {
-            let id = b.column(0).as_primitive::<Int64Type>().clone();
+            let id = cast(b.column(0), &DataType::Int64).unwrap().as_primitive::<Int64Type>().clone();
             let d = b.column(1).as_primitive::<Float64Type>().clone();
             (0..b.num_rows()).map(move |i| (id.value(i), d.value(i)))
         })
@@ -110,13 +111,50 @@ async fn pyarrow_default_table_by_key_and_by_position() {
         let sql =
             format!("SELECT id, vec_distance(embedding, {}) AS d, title FROM {table} ORDER BY d LIMIT 10", query(9));
         // Footers (and the key map) are read by the first query; then a lookup reads
-        // the 10 rows: one wave, pages of id and title only, not the vectors.
+        // the 10 rows: one wave, pages of title only, not the vectors (nor the keys,
+        // which are the ids found).
         let _ = rows(&ctx, &sql).await;
         assert_eq!(metric(&ctx, &sql, "base_rows_read").await, 10, "{table}");
         assert_eq!(metric(&ctx, &sql, "table_waves").await, 1, "{table}");
         let bytes = metric(&ctx, &sql, "table_bytes").await;
         assert!(bytes < file_size / 10, "{table}: lookup read {bytes} of the file's {file_size} bytes");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_of_the_rows_are_the_ids_found() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("docs.parquet");
+    let (x, ids) = pyarrow_table(&file, 8_000, D, 1, 9);
+    let index_file = dir.path().join("docs.faiss");
+    std::fs::write(&index_file, index(&x, Some(&ids), "IVF16,Flat").await).unwrap();
+    let ctx = context(None);
+    // The same table with a 32-bit key, as DataFusion writes it.
+    let narrow = dir.path().join("narrow.parquet");
+    ctx.register_parquet("wide", file.to_str().unwrap(), Default::default()).await.unwrap();
+    let copy = format!(
+        "COPY (SELECT CAST(id AS INT) AS id, label, embedding FROM wide) TO '{}' STORED AS PARQUET",
+        narrow.display()
+    );
+    ctx.sql(&copy).await.unwrap().collect().await.unwrap();
+    create(&ctx, "docs", file.to_str().unwrap(), index_file.to_str().unwrap(), true).await;
+    create(&ctx, "narrow", narrow.to_str().unwrap(), index_file.to_str().unwrap(), true).await;
+    ctx.sql("SET faiss.nprobe = 16").await.unwrap();
+    for table in ["docs", "narrow"] {
+        for i in 0..3 {
+            let select = format!("SELECT id, vec_distance(embedding, {}) AS d", query(i));
+            same_as_exact(&ctx, &format!("{select} FROM {table} ORDER BY d, id LIMIT 10")).await;
+            same_as_exact(&ctx, &format!("{select}, label FROM {table} ORDER BY d, id LIMIT 10")).await;
+        }
+        // Keys and distances only: no row of the table is read.
+        let sql = format!("SELECT id, vec_distance(embedding, {}) AS d FROM {table} ORDER BY d LIMIT 10", query(5));
+        let _ = rows(&ctx, &sql).await;
+        assert_eq!(metric(&ctx, &sql, "table_gets").await, 0, "{table}");
+        assert_eq!(metric(&ctx, &sql, "base_rows_read").await, 0, "{table}");
+    }
+    let sql = format!("SELECT id, vec_distance(embedding, {}) AS d FROM narrow ORDER BY d LIMIT 3", query(0));
+    let batches: Vec<RecordBatch> = ctx.sql(&sql).await.unwrap().collect().await.unwrap();
+    assert_eq!(batches[0].schema().field(0).data_type(), &DataType::Int32);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -155,8 +155,7 @@ fn build_index(file: &FsPath, base: &[f32], d: usize, factory: &str, train_rows:
     let tmp = file.with_extension("faiss.tmp");
     let store: Arc<dyn ObjectStore> = Arc::new(LocalFileSystem::new());
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    rt.block_on(builder.write(store, &Path::from_absolute_path(std::path::absolute(&tmp).unwrap()).unwrap()))
-        .unwrap();
+    rt.block_on(builder.write(store, &Path::from_absolute_path(std::path::absolute(&tmp).unwrap()).unwrap())).unwrap();
     std::fs::rename(tmp, file).unwrap();
 }
 

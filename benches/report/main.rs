@@ -174,7 +174,11 @@ fn main() {
             rt.block_on(upload(&s3, file, &key, size));
             let places = [
                 Place::Local(file.clone()),
-                Place::Store { wire: Wire::new(s3.clone(), Duration::ZERO), path: key.clone(), label: "S3 +0 ms".into() },
+                Place::Store {
+                    wire: Wire::new(s3.clone(), Duration::ZERO),
+                    path: key.clone(),
+                    label: "S3 +0 ms".into(),
+                },
                 Place::Store {
                     wire: Wire::new(s3.clone(), Duration::from_millis(30)),
                     path: key.clone(),
@@ -215,8 +219,7 @@ fn main() {
                         if mode == Mode::ColdHeader && matches!(place, Place::Local(_)) {
                             continue;
                         }
-                        let cell =
-                            Cell { nprobe, mode: mode.name().into(), store: place.label(), ..base.clone() };
+                        let cell = Cell { nprobe, mode: mode.name().into(), store: place.label(), ..base.clone() };
                         let cell = rt.block_on(cells::our_cell(place, mode, &r, nprobe, size, plan.budget, cell));
                         report.cells.push(cell);
                     }
@@ -225,7 +228,13 @@ fn main() {
             eprintln!("report: {} {factory} measured ({:.0} s so far)", ds.name, started.elapsed().as_secs_f64());
         }
         let (factory, file) = &ds.indexes[0];
-        report.sql.push(rt.block_on(sql::compare(ds, factory, file, 16.min(plan.nprobes[plan.nprobes.len() - 1]), &plan.sql)));
+        report.sql.push(rt.block_on(sql::compare(
+            ds,
+            factory,
+            file,
+            16.min(plan.nprobes[plan.nprobes.len() - 1]),
+            &plan.sql,
+        )));
     }
 
     // Made outside the runtime: building an index blocks.
@@ -278,7 +287,12 @@ async fn measure_lookup(
     }
     if let Some(big) = larger {
         let (_, flat) = &big.indexes[0];
-        let t = lookup::Table { name: format!("{} tuned", big.name), rows: big.n, parquet: big.parquet.clone(), index: flat.clone() };
+        let t = lookup::Table {
+            name: format!("{} tuned", big.name),
+            rows: big.n,
+            parquet: big.parquet.clone(),
+            index: flat.clone(),
+        };
         report.lookup.push(lookup::local(big, &t, lp.queries, lp.exact_queries).await);
     }
 }
@@ -307,11 +321,8 @@ async fn ours_all(index: &Arc<IvfIndex>, queries: &[f32], d: usize, k: usize, np
 fn recall_row(ds: &data::Dataset, factory: &str, nprobe: usize, ours: &[i64], faiss: &[i64]) -> RecallRow {
     let k = ds.k;
     let recall = |found: &[i64]| {
-        let hits: usize = found
-            .chunks(k)
-            .zip(ds.truth.chunks(k))
-            .map(|(f, t)| f.iter().filter(|id| t.contains(id)).count())
-            .sum();
+        let hits: usize =
+            found.chunks(k).zip(ds.truth.chunks(k)).map(|(f, t)| f.iter().filter(|id| t.contains(id)).count()).sum();
         hits as f64 / ds.truth.len() as f64
     };
     let same = ours.chunks(k).zip(faiss.chunks(k)).filter(|(a, b)| a == b).count();
@@ -370,7 +381,9 @@ fn setup_lines(plan: &Plan, datasets: &[data::Dataset]) -> Vec<String> {
         let files: Vec<String> = ds
             .indexes
             .iter()
-            .map(|(f, p)| format!("{f} {:.1} MiB", std::fs::metadata(p).map_or(0, |m| m.len()) as f64 / (1 << 20) as f64))
+            .map(|(f, p)| {
+                format!("{f} {:.1} MiB", std::fs::metadata(p).map_or(0, |m| m.len()) as f64 / (1 << 20) as f64)
+            })
             .collect();
         lines.push(format!(
             "{}: {} × {} base, {} queries, exact neighbours cached; {}",

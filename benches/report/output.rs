@@ -198,7 +198,11 @@ impl Report {
         if let Some(w) = worst {
             out.push(Target {
                 what: "row lookup ≤ 3 ms at k = 10 (IVF-Flat, local files), every layout".into(),
-                figure: local.iter().map(|r| format!("{}: {:.2} ms", r.table, r.lookup_p50_ms)).collect::<Vec<_>>().join("; "),
+                figure: local
+                    .iter()
+                    .map(|r| format!("{}: {:.2} ms", r.table, r.lookup_p50_ms))
+                    .collect::<Vec<_>>()
+                    .join("; "),
                 pass: w.lookup_p50_ms <= 3.0,
             });
         }
@@ -207,7 +211,10 @@ impl Report {
             if big.rows > small.rows {
                 let growth = (big.index_p50_ms - big.search_p50_ms) / (small.index_p50_ms - small.search_p50_ms);
                 out.push(Target {
-                    what: format!("index plan p50 apart from FAISS's search grows ≤ 1.3 × from {} to {} rows", small.rows, big.rows),
+                    what: format!(
+                        "index plan p50 apart from FAISS's search grows ≤ 1.3 × from {} to {} rows",
+                        small.rows, big.rows
+                    ),
                     figure: format!(
                         "{growth:.2}× ({:.1} − {:.1} ms vs {:.1} − {:.1} ms)",
                         big.index_p50_ms, big.search_p50_ms, small.index_p50_ms, small.search_p50_ms
@@ -219,7 +226,10 @@ impl Report {
         for r in self.lookup.iter().filter(|r| r.store.starts_with("S3")) {
             let (trips, alone) = (r.round_trips.unwrap_or(f64::NAN), r.search_alone_p50_ms.unwrap_or(f64::NAN));
             out.push(Target {
-                what: format!("{} on {}: cold top-10 (metadata cached) ≤ 2 round trips, p50 ≤ index search alone + 40 ms", r.table, r.store),
+                what: format!(
+                    "{} on {}: cold top-10 (metadata cached) ≤ 2 round trips, p50 ≤ index search alone + 40 ms",
+                    r.table, r.store
+                ),
                 figure: format!("{trips:.0} round trips; {:.1} ms vs {alone:.1} ms", r.index_p50_ms),
                 pass: trips <= 2.0 && r.index_p50_ms <= alone + 40.0,
             });

@@ -94,7 +94,12 @@ impl fmt::Display for Wire {
 
 #[async_trait::async_trait]
 impl ObjectStore for Wire {
-    async fn put_opts(&self, location: &Path, payload: PutPayload, opts: PutOptions) -> object_store::Result<PutResult> {
+    async fn put_opts(
+        &self,
+        location: &Path,
+        payload: PutPayload,
+        opts: PutOptions,
+    ) -> object_store::Result<PutResult> {
         self.inner.put_opts(location, payload, opts).await
     }
     async fn put_multipart_opts(

@@ -7,7 +7,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use datafusion::arrow::array::{AsArray, RecordBatch, RecordBatchOptions};
+use datafusion::arrow::array::{AsArray, Int64Array, RecordBatch, RecordBatchOptions};
 use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::{DataType, Int64Type, SchemaRef};
 use datafusion::catalog::{Session, TableProvider};
@@ -274,7 +274,7 @@ impl Run {
             self.counts.search_time.add_elapsed(start);
             found
         };
-        let columns = self.read_columns();
+        let columns = self.read_columns(spec.vectors_from_index);
         let (found, listed) = futures::join!(search, Listed::list(spec.table.base(), &self.state, &columns));
         let Some(found) = found? else {
             // Fewer than k indexed rows pass: the index cannot be complete for this query.
@@ -291,11 +291,16 @@ impl Run {
         rows
     }
 
-    /// Base-table columns the row lookup reads: the scan's, but the vector column when
-    /// the index's vectors serve.
-    fn read_columns(&self) -> Vec<usize> {
-        let vector = self.spec.table.vector_index();
-        self.spec.projection.iter().copied().filter(|&c| !(self.spec.vectors_from_index && c == vector)).collect()
+    /// Base-table columns the row lookup reads: the scan's, but the key (a row's key is
+    /// the id it was found by) and, when the index's vectors serve, the vector column.
+    fn read_columns(&self, vectors_from_index: bool) -> Vec<usize> {
+        let (key, vector) = (self.spec.table.key_index(), self.spec.table.vector_index());
+        self.spec
+            .projection
+            .iter()
+            .copied()
+            .filter(|&c| Some(c) != key && !(vectors_from_index && c == vector))
+            .collect()
     }
 
     /// Candidate ids from the index, probing more lists until at least k are found;
@@ -519,9 +524,9 @@ impl Run {
         let repeated = at.len() > present;
         let vectors = found.vectors.filter(|_| !repeated);
         let (located, columns) = match vectors.is_some() || !spec.vectors_from_index {
-            true => (located, self.read_columns()),
+            true => (located, self.read_columns(spec.vectors_from_index)),
             false => {
-                let columns = spec.projection.clone();
+                let columns = self.read_columns(false);
                 let Some(listed) = Listed::list(table.base(), &self.state, &columns).await? else {
                     return internal_err!("the table was listed as Parquet files before");
                 };
@@ -553,6 +558,10 @@ impl Run {
             for &c in &spec.projection {
                 match columns.iter().position(|&x| x == c) {
                     Some(i) => arrays.push(batch.as_ref().expect("columns read").column(i).clone()),
+                    None if Some(c) == table.key_index() => {
+                        let ids: Int64Array = at[row..row + n].iter().map(|&(_, c)| found.ids[c]).collect();
+                        arrays.push(cast(&ids, table.schema().field(c).data_type())?);
+                    }
                     None => {
                         let vectors = vectors.as_ref().expect("vectors from the index");
                         let rows = at[row..row + n].iter().map(|&(_, c)| &vectors[c * d..(c + 1) * d]);

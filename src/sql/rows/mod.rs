@@ -39,6 +39,10 @@ use reader::{FileReader, FileReaderHandle, Readers};
 /// Memory for footers, and separately for key maps, kept across queries.
 pub(crate) const METADATA_BUDGET: u64 = 256 * 1024 * 1024;
 
+/// Ranges of one file closer than this are fetched as one: on object storage a GET costs
+/// more than the bytes between them.
+const GAP: u64 = 64 * 1024;
+
 /// The base table as listed for one query: its Parquet files in position order and
 /// the scan DataFusion would run over them, with the columns to read.
 pub(crate) struct Listed {
@@ -226,7 +230,8 @@ impl Located {
 
 /// The access plan selecting `rows` (sorted, within the file) and the byte ranges the
 /// Parquet reader will ask for them: per selected row group and leaf, the dictionary
-/// page and the data pages holding the rows where pages are known, else the whole chunk.
+/// page and the data pages holding the rows where pages are known, else the whole chunk,
+/// merged where less than [`GAP`] apart.
 fn access(
     metadata: &datafusion::parquet::file::metadata::ParquetMetaData,
     rows: &[u64],
@@ -277,7 +282,7 @@ fn access(
     let mut merged: Vec<Range<u64>> = vec![];
     for r in ranges {
         match merged.last_mut() {
-            Some(last) if r.start <= last.end => last.end = last.end.max(r.end),
+            Some(last) if r.start <= last.end + GAP => last.end = last.end.max(r.end),
             _ => merged.push(r),
         }
     }
