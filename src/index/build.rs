@@ -109,7 +109,7 @@ impl IvfIndexBuilder {
 
     fn check_vectors(&self, x: &[f32], what: &str) -> Result<()> {
         let d = self.dimension;
-        if x.is_empty() || x.len() % d != 0 {
+        if x.is_empty() || !x.len().is_multiple_of(d) {
             return Err(Error::Build(format!(
                 "{what}: length {} is not a positive multiple of dimension {d}",
                 x.len()

@@ -438,7 +438,7 @@ pub(crate) fn check_queries(queries: &[f32], d: usize) -> Result<()> {
     if queries.is_empty() {
         return Err(Error::InvalidSearch("no query vectors given".into()));
     }
-    if queries.len() % d != 0 {
+    if !queries.len().is_multiple_of(d) {
         return Err(Error::InvalidSearch(format!(
             "query length {} is not a multiple of the index dimension {d}",
             queries.len()

@@ -9,6 +9,7 @@ mod node;
 mod registry;
 mod rows;
 mod rule;
+mod search;
 mod table;
 
 use std::sync::Arc;
@@ -21,10 +22,11 @@ use datafusion::prelude::SessionContext;
 pub use config::FaissConfig;
 pub use exec::IvfTopKExec;
 pub use factory::FaissTableFactory;
+pub use search::DISTANCE_COLUMN;
 pub use table::{VectorTable, VectorTableOptions};
 
 /// Registers everything on `ctx`, keeping its catalogs, functions and settings: the
-/// distance functions, `faiss.*` settings, `STORED AS FAISS`, the top-k rewrite and the
+/// distance functions, `faiss_search`, `faiss.*` settings, `STORED AS FAISS`, the top-k rewrite and the
 /// planner of its index scan (this replaces a custom query planner, if `ctx` had one).
 /// Calling it again changes nothing.
 /// `inner_product` and `cosine_distance` replace DataFusion's functions of those names
@@ -44,6 +46,7 @@ pub fn register_all(ctx: &SessionContext) {
     for f in functions::all() {
         next.register_udf(f).expect("SessionState::register_udf does not fail");
     }
+    next.register_udtf("faiss_search", Arc::new(search::FaissSearch));
     next.table_factories_mut().insert("FAISS".into(), Arc::new(FaissTableFactory));
     if next.config().options().extensions.get::<FaissConfig>().is_none() {
         next.config_mut().options_mut().extensions.insert(FaissConfig::default());

@@ -96,7 +96,7 @@ pub(crate) async fn footer(
     footers()
         .try_get_with(version, read_footer(store.clone(), file.clone(), io.clone()))
         .await
-        .map_err(|e| DataFusionError::Shared(e))
+        .map_err(DataFusionError::Shared)
 }
 
 async fn read_footer(
