@@ -158,5 +158,7 @@ async fn fixtures() -> Arc<dyn ObjectStore> {
     let lists = Docs { variable_lists: true, ..Docs::new(2_000, 8, 7) };
     lists.write(store.as_ref(), "lists", "l2", "IVF8,Flat", Metric::L2).await;
     Docs::new(500, 4, 8).write(store.as_ref(), "dim4", "l2", "IVF4,Flat", Metric::L2).await;
+    let ties = Docs { copies_of_first: (100..130).collect(), ..Docs::new(2_000, 8, 9) };
+    ties.write(store.as_ref(), "ties", "l2", "IVF8,Flat", Metric::L2).await;
     store
 }

@@ -29,11 +29,15 @@ use datafusion::physical_plan::{
 use datafusion::physical_planner::{DefaultPhysicalPlanner, ExtensionPlanner, PhysicalPlanner};
 use futures::{StreamExt, TryStreamExt};
 
+use super::knn::IvfKnnNode;
 use super::node::{IvfTopKNode, TopK};
 use super::registry;
 use super::rows::{keys, Listed, TableIo};
 use super::table::{index_error, VectorTable};
 use crate::{SearchOptions, SearchStats};
+
+mod batch;
+pub use batch::IvfKnnExec;
 
 /// Physical planning with the index scan added to DataFusion's own planner.
 #[derive(Debug, Default)]
@@ -58,14 +62,19 @@ impl ExtensionPlanner for IvfTopKPlanner {
         _planner: &dyn PhysicalPlanner,
         node: &dyn UserDefinedLogicalNode,
         _logical_inputs: &[&LogicalPlan],
-        _physical_inputs: &[Arc<dyn ExecutionPlan>],
+        physical_inputs: &[Arc<dyn ExecutionPlan>],
         session: &dyn Session,
         _planning_ctx: &PhysicalPlanningContext,
     ) -> Result<Option<Arc<dyn ExecutionPlan>>> {
-        let Some(node) = node.as_any().downcast_ref::<IvfTopKNode>() else { return Ok(None) };
         let Some(state) = session.as_any().downcast_ref::<SessionState>() else {
             return internal_err!("the FAISS index scan needs a SessionState");
         };
+        if let Some(node) = node.as_any().downcast_ref::<IvfKnnNode>() {
+            let [input] = physical_inputs else { return internal_err!("IvfKnn has one input") };
+            let query = state.create_physical_expr(node.query.clone(), node.input.schema())?;
+            return Ok(Some(Arc::new(IvfKnnExec::new(node, input.clone(), query, state.clone()))));
+        }
+        let Some(node) = node.as_any().downcast_ref::<IvfTopKNode>() else { return Ok(None) };
         Ok(Some(Arc::new(IvfTopKExec::new(node.spec.clone(), state.clone()))))
     }
 }
@@ -270,7 +279,7 @@ impl Run {
         // The table is listed (one LIST or HEAD) while the index is searched.
         let start = std::time::Instant::now();
         let search = async {
-            let found = self.search(allowed.as_deref()).await;
+            let found = self.search(&spec.query, allowed.as_deref()).await;
             self.counts.search_time.add_elapsed(start);
             found
         };
@@ -305,7 +314,7 @@ impl Run {
 
     /// Candidate ids from the index, probing more lists until at least k are found;
     /// `None` when even all lists hold fewer than k (allowed) entries.
-    async fn search(&self, allowed: Option<&[i64]>) -> Result<Option<Candidates>> {
+    async fn search(&self, query: &[f32], allowed: Option<&[i64]>) -> Result<Option<Candidates>> {
         let spec = &self.spec;
         let mut index = spec.table.index(spec.cache_bytes).await?;
         // With a filter, probe as many more lists as the filter is selective, so about as
@@ -326,7 +335,7 @@ impl Run {
             // The search notices a replaced object only through the GETs it makes; with
             // every list cached it makes none, so the path is checked alongside it.
             let options = SearchOptions { allowed, codes: spec.vectors_from_index };
-            let search = index.search_with(&spec.query, want, nprobe, options);
+            let search = index.search_with(query, want, nprobe, options);
             let result = match checked {
                 true => search.await,
                 false => {
@@ -367,7 +376,7 @@ impl Run {
             // and the tie.
             if found.len() >= spec.k {
                 let kth = found[spec.k - 1].1;
-                let tied = |d: f32| (kth - d).abs() <= 8.0 * f32::EPSILON * kth.abs().max(d.abs());
+                let tied = |d: f32| tied(kth, d);
                 if found.len() == want && want < ntotal && tied(found[want - 1].1) {
                     want = want.saturating_mul(2).min(ntotal);
                     continue;
@@ -479,6 +488,13 @@ impl Run {
     /// The rows of the candidates, looked up by position: the ids are positions, or keys
     /// mapped to positions.
     async fn rows_at(&self, found: Candidates, listed: Listed) -> Result<Batches> {
+        let (rows, _) = self.rows_of(found, listed).await?;
+        Ok(futures::stream::iter(rows.into_iter().map(Ok)).boxed())
+    }
+
+    /// The rows of the candidates in table order, and for each row the candidate (its
+    /// place in `found.ids`) it belongs to.
+    pub(super) async fn rows_of(&self, found: Candidates, listed: Listed) -> Result<(Vec<RecordBatch>, Vec<usize>)> {
         let spec = &self.spec;
         let table = &spec.table;
         let located = listed.locate(&self.io).await?;
@@ -574,7 +590,7 @@ impl Run {
             row += n;
         }
         self.counts.rows_reranked.add(row);
-        Ok(futures::stream::iter(out.into_iter().map(Ok)).boxed())
+        Ok((out, at.into_iter().map(|(_, c)| c).collect()))
     }
 
     /// The rows whose key is one of `ids`, for a base table not read from Parquet files:
@@ -639,6 +655,12 @@ impl Run {
         let stream = execute_stream(plan.clone(), self.context.clone())?;
         Ok((plan, stream))
     }
+}
+
+/// Whether FAISS's distance `d` ties with the k-th, `kth`, within its f32 rounding (the
+/// exact re-rank, in f64, may order them either way).
+fn tied(kth: f32, d: f32) -> bool {
+    (kth - d).abs() <= 8.0 * f32::EPSILON * kth.abs().max(d.abs())
 }
 
 /// The error for candidate ids the table does not have: the wrong index, or rows deleted.

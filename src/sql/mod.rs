@@ -5,6 +5,7 @@ mod config;
 mod exec;
 mod factory;
 pub mod functions;
+mod knn;
 mod node;
 mod registry;
 mod rows;
@@ -20,7 +21,7 @@ use datafusion::optimizer::OptimizerRule;
 use datafusion::prelude::SessionContext;
 
 pub use config::FaissConfig;
-pub use exec::IvfTopKExec;
+pub use exec::{IvfKnnExec, IvfTopKExec};
 pub use factory::FaissTableFactory;
 pub use search::DISTANCE_COLUMN;
 pub use table::{VectorTable, VectorTableOptions};
@@ -36,9 +37,11 @@ pub fn register_all(ctx: &SessionContext) {
     let mut state = state.write();
     let mut next =
         SessionStateBuilder::new_from_existing(state.clone()).with_query_planner(Arc::new(exec::FaissQueryPlanner));
-    let rule = rule::IvfTopKRule;
-    if !state.optimizers().iter().any(|r| r.name() == rule.name()) {
-        next = next.with_optimizer_rule(Arc::new(rule));
+    let rules: [Arc<dyn OptimizerRule + Send + Sync>; 2] = [Arc::new(rule::IvfTopKRule), Arc::new(knn::IvfKnnRule)];
+    for rule in rules {
+        if !state.optimizers().iter().any(|r| r.name() == rule.name()) {
+            next = next.with_optimizer_rule(rule);
+        }
     }
     let mut next = next.build();
     // After the rebuild, which re-registers every function under each of its names: an

@@ -158,12 +158,12 @@ fn match_top_k(order: &SortExpr, input: &LogicalPlan, k: usize, settings: &Faiss
 
 /// Whether the index stores the vectors themselves (IVF-Flat, no transform first), so its
 /// ranking is already the exact one and re-ranking more candidates changes nothing.
-fn exact_codes(info: &IndexInfo) -> bool {
+pub(super) fn exact_codes(info: &IndexInfo) -> bool {
     info.description.split(',').next().is_some_and(|first| first.starts_with("IVF"))
         && info.code_size == 4 * info.dimension
 }
 
-fn vector_table(scan: &TableScan) -> Option<Arc<VectorTable>> {
+pub(super) fn vector_table(scan: &TableScan) -> Option<Arc<VectorTable>> {
     let provider: Arc<dyn Any + Send + Sync> = source_as_provider(&scan.source).ok()?;
     provider.downcast::<VectorTable>().ok()
 }
@@ -181,7 +181,7 @@ fn query_vector(args: &[Expr], column: &str) -> Option<Vec<f32>> {
     }
 }
 
-fn through_projection(e: Expr, p: &Projection) -> Result<Expr> {
+pub(super) fn through_projection(e: Expr, p: &Projection) -> Result<Expr> {
     e.transform_up(|x| match x {
         Expr::Column(c) => {
             let i = p.schema.index_of_column(&c)?;
@@ -192,7 +192,7 @@ fn through_projection(e: Expr, p: &Projection) -> Result<Expr> {
     .map(|t| t.data)
 }
 
-fn through_alias(e: Expr, a: &SubqueryAlias) -> Result<Expr> {
+pub(super) fn through_alias(e: Expr, a: &SubqueryAlias) -> Result<Expr> {
     e.transform_up(|x| match x {
         Expr::Column(c) => {
             let i = a.schema.index_of_column(&c)?;
@@ -204,7 +204,7 @@ fn through_alias(e: Expr, a: &SubqueryAlias) -> Result<Expr> {
 }
 
 /// Columns by bare name: the index scan evaluates filters against the base table.
-fn unqualify(e: Expr) -> Result<Expr> {
+pub(super) fn unqualify(e: Expr) -> Result<Expr> {
     e.transform_up(|x| match x {
         Expr::Column(c) => Ok(Transformed::yes(Expr::Column(Column::new_unqualified(c.name)))),
         x => Ok(Transformed::no(x)),

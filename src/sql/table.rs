@@ -148,7 +148,7 @@ impl VectorTable {
 }
 
 /// Whether `base` reads Parquet files (where rows have positions).
-fn parquet_files(base: &dyn TableProvider) -> bool {
+pub(super) fn parquet_files(base: &dyn TableProvider) -> bool {
     use datafusion::datasource::file_format::parquet::ParquetFormat;
     use datafusion::datasource::listing::ListingTable;
     (base as &dyn std::any::Any)

@@ -178,3 +178,17 @@ pub fn literal_vector(value: &datafusion::common::ScalarValue) -> Option<Vec<f32
         Vector::F64(x) => x.iter().map(|&v| v as f32).collect(),
     })
 }
+
+/// Each of `rows` rows' vector in `values` (a vector column, or one literal for every
+/// row), as FAISS searches it; `None` where NULL.
+pub fn row_vectors(values: &ColumnarValue, rows: usize) -> Result<Vec<Option<Vec<f32>>>> {
+    let v = Vectors::from_arg("query", values)?;
+    Ok((0..rows)
+        .map(|r| {
+            v.get(r).map(|x| match x {
+                Vector::F32(x) => x.to_vec(),
+                Vector::F64(x) => x.iter().map(|&v| v as f32).collect(),
+            })
+        })
+        .collect())
+}

@@ -1,0 +1,383 @@
+//! The batch k-NN operator: for every row of a query input, the rows of its candidates
+//! in the vector table. Queries are taken [`BATCH`] at a time: one FAISS search for the
+//! batch (each probed list fetched once for all of it), then one row lookup for the
+//! candidates of all of them. Memory holds one batch.
+
+use std::collections::HashMap;
+
+use datafusion::arrow::array::UInt32Array;
+use datafusion::arrow::compute::{concat_batches, take};
+use datafusion::common::exec_err;
+use datafusion::physical_plan::ExecutionPlanProperties;
+
+use super::*;
+use crate::sql::functions::row_vectors;
+use crate::sql::knn::BATCH;
+
+pub struct IvfKnnExec {
+    spec: TopK,
+    state: SessionState,
+    input: Arc<dyn ExecutionPlan>,
+    /// The query vector, over the input's rows.
+    query: Arc<dyn PhysicalExpr>,
+    vector_left: bool,
+    schema: SchemaRef,
+    properties: Arc<PlanProperties>,
+    metrics: ExecutionPlanMetricsSet,
+}
+
+impl IvfKnnExec {
+    pub(super) fn new(
+        node: &IvfKnnNode,
+        input: Arc<dyn ExecutionPlan>,
+        query: Arc<dyn PhysicalExpr>,
+        state: SessionState,
+    ) -> Self {
+        let schema: SchemaRef = Arc::new(node.schema.as_arrow().clone());
+        let properties = Arc::new(PlanProperties::new(
+            EquivalenceProperties::new(schema.clone()),
+            Partitioning::UnknownPartitioning(input.output_partitioning().partition_count()),
+            EmissionType::Incremental,
+            Boundedness::Bounded,
+        ));
+        IvfKnnExec {
+            spec: node.spec.clone(),
+            state,
+            input,
+            query,
+            vector_left: node.vector_left,
+            schema,
+            properties,
+            metrics: ExecutionPlanMetricsSet::new(),
+        }
+    }
+}
+
+impl fmt::Debug for IvfKnnExec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "IvfKnnExec: {} query={} batch={BATCH}", self.spec, self.query)
+    }
+}
+
+impl DisplayAs for IvfKnnExec {
+    fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
+        write!(f, "IvfKnnExec: {} query={} batch={BATCH}", self.spec, self.query)
+    }
+}
+
+impl ExecutionPlan for IvfKnnExec {
+    fn name(&self) -> &str {
+        "IvfKnnExec"
+    }
+
+    fn properties(&self) -> &Arc<PlanProperties> {
+        &self.properties
+    }
+
+    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
+        vec![&self.input]
+    }
+
+    fn apply_expressions(
+        &self,
+        f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> Result<TreeNodeRecursion>,
+    ) -> Result<TreeNodeRecursion> {
+        f(&self.query)
+    }
+
+    fn with_new_children(self: Arc<Self>, children: Vec<Arc<dyn ExecutionPlan>>) -> Result<Arc<dyn ExecutionPlan>> {
+        let [input] = children.as_slice() else { return internal_err!("IvfKnnExec has one child") };
+        let mut exec = IvfKnnExec {
+            spec: self.spec.clone(),
+            state: self.state.clone(),
+            input: input.clone(),
+            query: self.query.clone(),
+            vector_left: self.vector_left,
+            schema: self.schema.clone(),
+            properties: self.properties.clone(),
+            metrics: ExecutionPlanMetricsSet::new(),
+        };
+        exec.properties = Arc::new(PlanProperties::new(
+            EquivalenceProperties::new(exec.schema.clone()),
+            Partitioning::UnknownPartitioning(input.output_partitioning().partition_count()),
+            EmissionType::Incremental,
+            Boundedness::Bounded,
+        ));
+        Ok(Arc::new(exec))
+    }
+
+    fn metrics(&self) -> Option<MetricsSet> {
+        Some(self.metrics.clone_inner())
+    }
+
+    fn execute(&self, partition: usize, context: Arc<TaskContext>) -> Result<SendableRecordBatchStream> {
+        let input = self.input.execute(partition, context.clone())?;
+        let run = Run {
+            spec: self.spec.clone(),
+            state: self.state.clone(),
+            context,
+            counts: Counts::new(&self.metrics),
+            io: Arc::new(TableIo::default()),
+        };
+        let batches = Batches {
+            input,
+            pending: None,
+            seen: 0,
+            run,
+            query: self.query.clone(),
+            vector_left: self.vector_left,
+            schema: self.schema.clone(),
+            queries: MetricBuilder::new(&self.metrics).global_counter("queries"),
+            allowed: None,
+            everything: None,
+        };
+        let stream = futures::stream::try_unfold(batches, |mut b| async move {
+            while let Some(queries) = b.next_queries().await? {
+                let out = b.join(&queries).await?;
+                if out.num_rows() > 0 {
+                    return Ok(Some((out, b)));
+                }
+            }
+            Ok(None)
+        });
+        Ok(Box::pin(RecordBatchStreamAdapter::new(self.schema.clone(), stream)))
+    }
+}
+
+/// One partition's queries, batch by batch.
+struct Batches {
+    input: SendableRecordBatchStream,
+    /// Rows of an input batch beyond the last query batch.
+    pending: Option<RecordBatch>,
+    /// Query rows taken so far (errors name rows by it).
+    seen: usize,
+    run: Run,
+    query: Arc<dyn PhysicalExpr>,
+    vector_left: bool,
+    schema: SchemaRef,
+    queries: Count,
+    /// Ids passing the vector table's filters (`Some(None)`: no filter), found once.
+    allowed: Option<Option<Arc<Vec<i64>>>>,
+    /// Every row passing the filters, read once where a query needs them all.
+    everything: Option<RecordBatch>,
+}
+
+impl Batches {
+    /// The next (at most) [`BATCH`] query rows.
+    async fn next_queries(&mut self) -> Result<Option<RecordBatch>> {
+        let mut parts = vec![];
+        let mut rows = 0;
+        while rows < BATCH {
+            let batch = match self.pending.take() {
+                Some(b) => b,
+                None => match self.input.next().await {
+                    Some(b) => b?,
+                    None => break,
+                },
+            };
+            let take = (BATCH - rows).min(batch.num_rows());
+            if take < batch.num_rows() {
+                self.pending = Some(batch.slice(take, batch.num_rows() - take));
+            }
+            parts.push(batch.slice(0, take));
+            rows += take;
+        }
+        if rows == 0 {
+            return Ok(None);
+        }
+        Ok(Some(concat_batches(&self.input.schema(), &parts)?))
+    }
+
+    async fn allowed(&mut self) -> Result<Option<Arc<Vec<i64>>>> {
+        if self.allowed.is_none() {
+            let allowed = match self.run.spec.filters.is_empty() {
+                true => None,
+                false => {
+                    let start = std::time::Instant::now();
+                    let ids = self.run.allowed_ids().await?;
+                    self.run.counts.filter_time.add_elapsed(start);
+                    self.run.counts.allowed_rows.add(ids.len());
+                    Some(Arc::new(ids))
+                }
+            };
+            self.allowed = Some(allowed);
+        }
+        Ok(self.allowed.clone().flatten())
+    }
+
+    async fn everything(&mut self) -> Result<RecordBatch> {
+        if self.everything.is_none() {
+            let batches: Vec<RecordBatch> = self.run.brute_force().await?.try_collect().await?;
+            let schema = Arc::new(self.run.spec.table.schema().project(&self.run.spec.projection)?);
+            self.everything = Some(concat_batches(&schema, &batches)?);
+        }
+        Ok(self.everything.clone().expect("read above"))
+    }
+
+    /// The join's rows for `queries`: each query row with each row of its candidates.
+    async fn join(&mut self, queries: &RecordBatch) -> Result<RecordBatch> {
+        let n = queries.num_rows();
+        let d = self.run.spec.table.index_info().dimension;
+        let vectors = row_vectors(&self.query.evaluate(queries)?, n)?;
+        for (i, v) in vectors.iter().enumerate() {
+            if let Some(v) = v.as_ref().filter(|v| v.len() != d) {
+                return exec_err!(
+                    "query row {}: a vector of dimension {}, the index {} has dimension {d}",
+                    self.seen + i,
+                    v.len(),
+                    self.run.spec.table.location().as_str()
+                );
+            }
+        }
+        self.seen += n;
+        // A NULL query vector has no nearest rows.
+        let valid: Vec<usize> = (0..n).filter(|&i| vectors[i].is_some()).collect();
+        self.queries.add(valid.len());
+        let allowed = self.allowed().await?;
+        let spec = &self.run.spec;
+        let ntotal = spec.table.index_info().ntotal;
+        let candidates = spec.candidates();
+        let all = match &allowed {
+            Some(ids) => ids.len() <= candidates || ids.len() as f64 <= spec.brute_force_fraction * ntotal as f64,
+            None => false,
+        } || candidates as u64 >= ntotal;
+        // Per valid query, the rows (of `rows`) to join it with.
+        let (rows, per_query): (RecordBatch, Vec<Vec<u32>>) = if valid.is_empty() {
+            (RecordBatch::new_empty(Arc::new(spec.table.schema().project(&spec.projection)?)), vec![])
+        } else if all {
+            let rows = self.everything().await?;
+            let every: Vec<u32> = (0..rows.num_rows() as u32).collect();
+            (rows, vec![every; valid.len()])
+        } else {
+            let flat: Vec<f32> = valid.iter().flat_map(|&i| vectors[i].iter().flatten().copied()).collect();
+            let start = std::time::Instant::now();
+            let found = self.run.search_batch(&flat, allowed.as_deref().map(|a| a.as_slice())).await?;
+            self.run.counts.search_time.add_elapsed(start);
+            if found.iter().any(|f| f.is_none()) {
+                // Fewer than k indexed rows pass the filters: every passing row, as for one query.
+                let rows = self.everything().await?;
+                let every: Vec<u32> = (0..rows.num_rows() as u32).collect();
+                (rows, vec![every; valid.len()])
+            } else {
+                let found: Vec<Candidates> = found.into_iter().flatten().collect();
+                Self::lookup(&self.run, found).await?
+            }
+        };
+        let mut query_rows: Vec<u32> = vec![];
+        let mut table_rows: Vec<u32> = vec![];
+        for (&q, rows) in valid.iter().zip(&per_query) {
+            query_rows.extend(std::iter::repeat_n(q as u32, rows.len()));
+            table_rows.extend(rows);
+        }
+        let (query_rows, table_rows) = (UInt32Array::from(query_rows), UInt32Array::from(table_rows));
+        let query_columns = queries.columns().iter().map(|c| take(c, &query_rows, None));
+        let table_columns = rows.columns().iter().map(|c| take(c, &table_rows, None));
+        let columns: Vec<_> = match self.vector_left {
+            true => table_columns.chain(query_columns).collect::<Result<_, _>>()?,
+            false => query_columns.chain(table_columns).collect::<Result<_, _>>()?,
+        };
+        let options = RecordBatchOptions::new().with_row_count(Some(query_rows.len()));
+        Ok(RecordBatch::try_new_with_options(self.schema.clone(), columns, &options)?)
+    }
+
+    /// The rows of every query's candidates, read together, and per query its rows.
+    async fn lookup(run: &Run, found: Vec<Candidates>) -> Result<(RecordBatch, Vec<Vec<u32>>)> {
+        let spec = &run.spec;
+        let start = std::time::Instant::now();
+        let d = spec.table.index_info().dimension;
+        let mut ids: Vec<i64> = found.iter().flat_map(|f| f.ids.iter().copied()).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        let vectors = found.iter().all(|f| f.vectors.is_some()).then(|| {
+            let mut by_id: HashMap<i64, &[f32]> = HashMap::new();
+            for f in &found {
+                let v = f.vectors.as_deref().expect("all have vectors");
+                for (c, id) in f.ids.iter().enumerate() {
+                    by_id.entry(*id).or_insert(&v[c * d..(c + 1) * d]);
+                }
+            }
+            ids.iter().flat_map(|id| by_id[id].iter().copied()).collect::<Vec<f32>>()
+        });
+        run.counts.candidates.add(ids.len());
+        let columns = run.read_columns(spec.vectors_from_index);
+        let Some(listed) = Listed::list(spec.table.base(), &run.state, &columns).await? else {
+            return internal_err!("the batch search needs a table of Parquet files");
+        };
+        let (batches, candidate_of) = run.rows_of(Candidates { ids: ids.clone(), vectors }, listed).await?;
+        run.counts.add_table(&run.io);
+        let schema = Arc::new(spec.table.schema().project(&spec.projection)?);
+        let rows = concat_batches(&schema, &batches)?;
+        let mut rows_of: HashMap<i64, Vec<u32>> = HashMap::new();
+        for (row, &c) in candidate_of.iter().enumerate() {
+            rows_of.entry(ids[c]).or_default().push(row as u32);
+        }
+        let per_query =
+            found.iter().map(|f| f.ids.iter().flat_map(|id| rows_of.get(id).into_iter().flatten().copied()).collect());
+        let per_query = per_query.collect();
+        run.counts.lookup_time.add_elapsed(start);
+        Ok((rows, per_query))
+    }
+}
+
+impl Run {
+    /// [`Run::search`] of `queries` (`n × d`) in one FAISS call; a query whose result
+    /// is short (a filter) or ties past its candidates is searched again alone.
+    async fn search_batch(&self, queries: &[f32], allowed: Option<&[i64]>) -> Result<Vec<Option<Candidates>>> {
+        let spec = &self.spec;
+        let mut index = spec.table.index(spec.cache_bytes).await?;
+        let (d, nlist) = (index.info().dimension, index.info().nlist);
+        let nprobe = match allowed {
+            Some(keys) => {
+                let fraction = keys.len() as f64 / index.info().ntotal.max(1) as f64;
+                (spec.nprobe as f64 / fraction.min(1.0)).ceil() as usize
+            }
+            None => spec.nprobe,
+        }
+        .clamp(1, nlist);
+        let want = spec.candidates() + 1;
+        let options = SearchOptions { allowed, codes: spec.vectors_from_index };
+        let (current, result) = futures::join!(index.check(), index.search_with(queries, want, nprobe, options));
+        let result = match current.and(result) {
+            Err(e) if registry::is_changed(&e) => {
+                registry::forget(spec.table.location(), &index);
+                index = spec.table.index(spec.cache_bytes).await?;
+                index.search_with(queries, want, nprobe, options).await
+            }
+            r => r,
+        }
+        .map_err(|e| index_error(spec.table.location(), e))?;
+        self.counts.add_search(&result.stats);
+        self.counts.nprobe.add(nprobe);
+        let code_size = index.info().code_size;
+        let codes = spec.vectors_from_index && !result.codes.is_empty() && code_size == 4 * d;
+        let mut out = vec![];
+        for (q, query) in queries.chunks_exact(d).enumerate() {
+            let slots = q * want..(q + 1) * want;
+            let found: Vec<(i64, f32, usize)> = (slots)
+                .filter(|&at| result.ids[at] >= 0)
+                .map(|at| (result.ids[at], result.distances[at], at))
+                .collect();
+            let complete =
+                found.len() >= spec.k && !(found.len() == want && tied(found[spec.k - 1].1, found[want - 1].1));
+            if !complete {
+                out.push(self.search(query, allowed).await?);
+                continue;
+            }
+            let kth = found[spec.k - 1].1;
+            let ties = found.iter().rposition(|&(_, x, _)| tied(kth, x)).map_or(0, |p| p + 1);
+            let found = &found[..spec.candidates().max(ties).min(found.len())];
+            let vectors = codes.then(|| {
+                found
+                    .iter()
+                    .flat_map(|&(_, _, at)| {
+                        result.codes[at * code_size..][..code_size]
+                            .chunks_exact(4)
+                            .map(|b| f32::from_le_bytes(b.try_into().expect("4 bytes")))
+                    })
+                    .collect()
+            });
+            out.push(Some(Candidates { ids: found.iter().map(|&(id, _, _)| id).collect(), vectors }));
+        }
+        Ok(out)
+    }
+}
