@@ -12,28 +12,9 @@ use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::{DataType, Float64Type, Int64Type};
 use datafusion::execution::object_store::ObjectStoreUrl;
 use datafusion::prelude::SessionContext;
-use datafusion_faiss::{IvfIndexBuilder, Metric};
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 
 const D: usize = 32;
-
-/// Index bytes of `x` under `ids` (`None`: FAISS numbers them 0.., their positions).
-async fn index(x: &[f32], ids: Option<&[i64]>, factory: &str) -> Vec<u8> {
-    let (x, ids, factory) = (x.to_vec(), ids.map(|i| i.to_vec()), factory.to_string());
-    let builder = tokio::task::spawn_blocking(move || {
-        let mut b = IvfIndexBuilder::new(D, &factory, Metric::L2).unwrap().threads(2);
-        b.train(&x).unwrap();
-        let positions: Vec<i64> = (0..(x.len() / D) as i64).collect();
-        b.add(&x, ids.as_deref().unwrap_or(&positions)).unwrap();
-        b
-    })
-    .await
-    .unwrap();
-    let store: Arc<dyn ObjectStore> = Arc::new(object_store::memory::InMemory::new());
-    let path = object_store::path::Path::from("i.faiss");
-    builder.write(store.clone(), &path).await.unwrap();
-    store.get(&path).await.unwrap().bytes().await.unwrap().to_vec()
-}
 
 fn query(i: usize) -> String {
     let q = clustered(1, D, 12, 900 + i as u64);
@@ -89,8 +70,8 @@ async fn pyarrow_default_table_by_key_and_by_position() {
     let (x, ids) = pyarrow_table(&file, 30_000, D, 1, 7);
     let by_key = dir.path().join("by_key.faiss");
     let by_position = dir.path().join("by_position.faiss");
-    std::fs::write(&by_key, index(&x, Some(&ids), "IVF64,Flat").await).unwrap();
-    std::fs::write(&by_position, index(&x, None, "IVF64,Flat").await).unwrap();
+    std::fs::write(&by_key, index_bytes(&x, D, Some(&ids), "IVF64,Flat").await).unwrap();
+    std::fs::write(&by_position, index_bytes(&x, D, None, "IVF64,Flat").await).unwrap();
     let ctx = context(None);
     create(&ctx, "keyed", file.to_str().unwrap(), by_key.to_str().unwrap(), true).await;
     create(&ctx, "positional", file.to_str().unwrap(), by_position.to_str().unwrap(), false).await;
@@ -127,7 +108,7 @@ async fn keys_of_the_rows_are_the_ids_found() {
     let file = dir.path().join("docs.parquet");
     let (x, ids) = pyarrow_table(&file, 8_000, D, 1, 9);
     let index_file = dir.path().join("docs.faiss");
-    std::fs::write(&index_file, index(&x, Some(&ids), "IVF16,Flat").await).unwrap();
+    std::fs::write(&index_file, index_bytes(&x, D, Some(&ids), "IVF16,Flat").await).unwrap();
     let ctx = context(None);
     // The same table with a 32-bit key, as DataFusion writes it.
     let narrow = dir.path().join("narrow.parquet");
@@ -170,7 +151,7 @@ async fn folder_of_files_by_position_on_s3() {
         store.put(&key.into(), PutPayload::from(std::fs::read(entry.path()).unwrap())).await.unwrap();
     }
     let index_key = format!("{prefix}/docs.faiss");
-    store.put(&index_key.clone().into(), PutPayload::from(index(&x, None, "IVF32,Flat").await)).await.unwrap();
+    store.put(&index_key.clone().into(), PutPayload::from(index_bytes(&x, D, None, "IVF32,Flat").await)).await.unwrap();
     let bucket = format!("s3://{}", s3_bucket());
     let ctx = context(Some((&bucket, store.clone())));
     create(&ctx, "docs", &format!("{bucket}/{prefix}/docs/"), &format!("{bucket}/{index_key}"), false).await;
@@ -195,7 +176,7 @@ async fn rewritten_table_file_is_read_anew() {
     let ctx = context(None);
     for seed in [21, 22] {
         let (x, ids) = pyarrow_table(&file, 8_000, D, 1, seed);
-        std::fs::write(&index_file, index(&x, Some(&ids), "IVF16,Flat").await).unwrap();
+        std::fs::write(&index_file, index_bytes(&x, D, Some(&ids), "IVF16,Flat").await).unwrap();
         if seed == 21 {
             create(&ctx, "docs", file.to_str().unwrap(), index_file.to_str().unwrap(), true).await;
         }

@@ -216,11 +216,12 @@ impl Counts {
         }
     }
 
+    /// Moves what `io` counted since the last call into the metrics.
     fn add_table(&self, io: &TableIo) {
         use std::sync::atomic::Ordering::Relaxed;
-        self.table_gets.add(io.gets.load(Relaxed) as usize);
-        self.table_waves.add(io.waves.load(Relaxed) as usize);
-        self.table_bytes.add(io.bytes.load(Relaxed) as usize);
+        self.table_gets.add(io.gets.swap(0, Relaxed) as usize);
+        self.table_waves.add(io.waves.swap(0, Relaxed) as usize);
+        self.table_bytes.add(io.bytes.swap(0, Relaxed) as usize);
     }
 
     fn add_search(&self, s: &SearchStats) {

@@ -152,11 +152,33 @@ pub fn pyarrow_table(out: &std::path::Path, rows: usize, d: usize, files: usize,
 pub mod proxy;
 pub mod tables;
 
-/// The index scan's metrics line of EXPLAIN ANALYZE, e.g. `gets=3`.
+/// Index bytes of `x` (`d` wide) under `ids` (`None`: FAISS numbers them 0.., their
+/// positions), built by this crate.
+pub async fn index_bytes(x: &[f32], d: usize, ids: Option<&[i64]>, factory: &str) -> Vec<u8> {
+    let (x, ids, factory) = (x.to_vec(), ids.map(|i| i.to_vec()), factory.to_string());
+    let builder = tokio::task::spawn_blocking(move || {
+        let mut b = IvfIndexBuilder::new(d, &factory, Metric::L2).unwrap().threads(2);
+        b.train(&x).unwrap();
+        let positions: Vec<i64> = (0..(x.len() / d) as i64).collect();
+        b.add(&x, ids.as_deref().unwrap_or(&positions)).unwrap();
+        b
+    })
+    .await
+    .unwrap();
+    let store: Arc<dyn ObjectStore> = Arc::new(object_store::memory::InMemory::new());
+    let path = object_store::path::Path::from("i.faiss");
+    builder.write(store.clone(), &path).await.unwrap();
+    store.get(&path).await.unwrap().bytes().await.unwrap().to_vec()
+}
+
+/// The index operator's (scan or batch search) metrics line of EXPLAIN ANALYZE, e.g. `gets=3`.
 pub async fn metric(ctx: &datafusion::prelude::SessionContext, sql: &str, name: &str) -> usize {
     let batches = ctx.sql(&format!("EXPLAIN ANALYZE {sql}")).await.unwrap().collect().await.unwrap();
     let text = datafusion::arrow::util::pretty::pretty_format_batches(&batches).unwrap().to_string();
-    let line = text.lines().find(|l| l.contains("IvfTopKExec")).unwrap_or_else(|| panic!("no index scan in {text}"));
+    let line = text
+        .lines()
+        .find(|l| l.contains("IvfTopKExec") || l.contains("IvfKnnExec"))
+        .unwrap_or_else(|| panic!("no index scan in {text}"));
     let value = line.split(&format!("{name}=")).nth(1).unwrap_or_else(|| panic!("no {name} in {line}"));
     let value = value.split([',', ']']).next().unwrap().trim();
     // DataFusion prints counts from 1000 on as "2.30 K".

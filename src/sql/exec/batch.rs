@@ -34,12 +34,7 @@ impl IvfKnnExec {
         state: SessionState,
     ) -> Self {
         let schema: SchemaRef = Arc::new(node.schema.as_arrow().clone());
-        let properties = Arc::new(PlanProperties::new(
-            EquivalenceProperties::new(schema.clone()),
-            Partitioning::UnknownPartitioning(input.output_partitioning().partition_count()),
-            EmissionType::Incremental,
-            Boundedness::Bounded,
-        ));
+        let properties = properties(&schema, &input);
         IvfKnnExec {
             spec: node.spec.clone(),
             state,
@@ -51,6 +46,16 @@ impl IvfKnnExec {
             metrics: ExecutionPlanMetricsSet::new(),
         }
     }
+}
+
+/// One output partition per input partition, each emitted batch by batch.
+fn properties(schema: &SchemaRef, input: &Arc<dyn ExecutionPlan>) -> Arc<PlanProperties> {
+    Arc::new(PlanProperties::new(
+        EquivalenceProperties::new(schema.clone()),
+        Partitioning::UnknownPartitioning(input.output_partitioning().partition_count()),
+        EmissionType::Incremental,
+        Boundedness::Bounded,
+    ))
 }
 
 impl fmt::Debug for IvfKnnExec {
@@ -87,23 +92,16 @@ impl ExecutionPlan for IvfKnnExec {
 
     fn with_new_children(self: Arc<Self>, children: Vec<Arc<dyn ExecutionPlan>>) -> Result<Arc<dyn ExecutionPlan>> {
         let [input] = children.as_slice() else { return internal_err!("IvfKnnExec has one child") };
-        let mut exec = IvfKnnExec {
+        Ok(Arc::new(IvfKnnExec {
             spec: self.spec.clone(),
             state: self.state.clone(),
             input: input.clone(),
             query: self.query.clone(),
             vector_left: self.vector_left,
             schema: self.schema.clone(),
-            properties: self.properties.clone(),
+            properties: properties(&self.schema, input),
             metrics: ExecutionPlanMetricsSet::new(),
-        };
-        exec.properties = Arc::new(PlanProperties::new(
-            EquivalenceProperties::new(exec.schema.clone()),
-            Partitioning::UnknownPartitioning(input.output_partitioning().partition_count()),
-            EmissionType::Incremental,
-            Boundedness::Bounded,
-        ));
-        Ok(Arc::new(exec))
+        }))
     }
 
     fn metrics(&self) -> Option<MetricsSet> {
@@ -128,6 +126,8 @@ impl ExecutionPlan for IvfKnnExec {
             vector_left: self.vector_left,
             schema: self.schema.clone(),
             queries: MetricBuilder::new(&self.metrics).global_counter("queries"),
+            searches: MetricBuilder::new(&self.metrics).global_counter("batch_searches"),
+            alone: MetricBuilder::new(&self.metrics).global_counter("searched_alone"),
             allowed: None,
             everything: None,
         };
@@ -156,6 +156,9 @@ struct Batches {
     vector_left: bool,
     schema: SchemaRef,
     queries: Count,
+    /// FAISS calls for whole batches, and for single queries searched again alone.
+    searches: Count,
+    alone: Count,
     /// Ids passing the vector table's filters (`Some(None)`: no filter), found once.
     allowed: Option<Option<Arc<Vec<i64>>>>,
     /// Every row passing the filters, read once where a query needs them all.
@@ -251,8 +254,10 @@ impl Batches {
         } else {
             let flat: Vec<f32> = valid.iter().flat_map(|&i| vectors[i].iter().flatten().copied()).collect();
             let start = std::time::Instant::now();
-            let found = self.run.search_batch(&flat, allowed.as_deref().map(|a| a.as_slice())).await?;
+            let (found, alone) = self.run.search_batch(&flat, allowed.as_deref().map(|a| a.as_slice())).await?;
             self.run.counts.search_time.add_elapsed(start);
+            self.searches.add(1);
+            self.alone.add(alone);
             if found.iter().any(|f| f.is_none()) {
                 // Fewer than k indexed rows pass the filters: every passing row, as for one query.
                 let rows = self.everything().await?;
@@ -322,7 +327,7 @@ impl Batches {
 impl Run {
     /// [`Run::search`] of `queries` (`n × d`) in one FAISS call; a query whose result
     /// is short (a filter) or ties past its candidates is searched again alone.
-    async fn search_batch(&self, queries: &[f32], allowed: Option<&[i64]>) -> Result<Vec<Option<Candidates>>> {
+    async fn search_batch(&self, queries: &[f32], allowed: Option<&[i64]>) -> Result<(Vec<Option<Candidates>>, usize)> {
         let spec = &self.spec;
         let mut index = spec.table.index(spec.cache_bytes).await?;
         let (d, nlist) = (index.info().dimension, index.info().nlist);
@@ -350,7 +355,7 @@ impl Run {
         self.counts.nprobe.add(nprobe);
         let code_size = index.info().code_size;
         let codes = spec.vectors_from_index && !result.codes.is_empty() && code_size == 4 * d;
-        let mut out = vec![];
+        let (mut out, mut alone) = (vec![], 0);
         for (q, query) in queries.chunks_exact(d).enumerate() {
             let slots = q * want..(q + 1) * want;
             let found: Vec<(i64, f32, usize)> = (slots)
@@ -361,6 +366,7 @@ impl Run {
                 found.len() >= spec.k && !(found.len() == want && tied(found[spec.k - 1].1, found[want - 1].1));
             if !complete {
                 out.push(self.search(query, allowed).await?);
+                alone += 1;
                 continue;
             }
             let kth = found[spec.k - 1].1;
@@ -378,6 +384,6 @@ impl Run {
             });
             out.push(Some(Candidates { ids: found.iter().map(|&(id, _, _)| id).collect(), vectors }));
         }
-        Ok(out)
+        Ok((out, alone))
     }
 }
