@@ -8,6 +8,7 @@ use std::collections::HashMap;
 use datafusion::arrow::array::UInt32Array;
 use datafusion::arrow::compute::{concat_batches, take};
 use datafusion::common::exec_err;
+use datafusion::common::runtime::SpawnedTask;
 use datafusion::physical_plan::ExecutionPlanProperties;
 
 use super::*;
@@ -110,47 +111,74 @@ impl ExecutionPlan for IvfKnnExec {
 
     fn execute(&self, partition: usize, context: Arc<TaskContext>) -> Result<SendableRecordBatchStream> {
         let input = self.input.execute(partition, context.clone())?;
-        let run = Run {
-            spec: self.spec.clone(),
-            state: self.state.clone(),
-            context,
-            counts: Counts::new(&self.metrics),
-            io: Arc::new(TableIo::default()),
-        };
-        let batches = Batches {
-            input,
-            pending: None,
-            seen: 0,
-            run,
+        // Batches in flight at once: FAISS searches on its task's thread, so as many
+        // batches as partitions keep the cores busy even when the queries come in one.
+        let parallel = context.session_config().target_partitions().max(1);
+        let metric = |name: &'static str| MetricBuilder::new(&self.metrics).global_counter(name);
+        let batches = Arc::new(Batches {
+            run: Run {
+                spec: self.spec.clone(),
+                state: self.state.clone(),
+                context,
+                counts: Counts::new(&self.metrics),
+                io: Arc::new(TableIo::default()),
+            },
             query: self.query.clone(),
             vector_left: self.vector_left,
             schema: self.schema.clone(),
-            queries: MetricBuilder::new(&self.metrics).global_counter("queries"),
-            searches: MetricBuilder::new(&self.metrics).global_counter("batch_searches"),
-            alone: MetricBuilder::new(&self.metrics).global_counter("searched_alone"),
-            allowed: None,
-            everything: None,
-        };
-        let stream = futures::stream::try_unfold(batches, |mut b| async move {
-            while let Some(queries) = b.next_queries().await? {
-                let out = b.join(&queries).await?;
-                if out.num_rows() > 0 {
-                    return Ok(Some((out, b)));
-                }
-            }
-            Ok(None)
+            queries: metric("queries"),
+            searches: metric("batch_searches"),
+            alone: metric("searched_alone"),
+            allowed: tokio::sync::OnceCell::new(),
+            everything: tokio::sync::OnceCell::new(),
         });
+        let stream = query_batches(input)
+            .map_ok(move |(first, queries)| {
+                let batches = batches.clone();
+                // A task each (aborted if the query is dropped), so that batches run in
+                // parallel, not just interleaved.
+                let task = SpawnedTask::spawn(async move { batches.join(first, &queries).await });
+                async move { task.join_unwind().await.map_err(|e| DataFusionError::External(e.into()))? }
+            })
+            .try_buffered(parallel)
+            .try_filter(|b| futures::future::ready(b.num_rows() > 0));
         Ok(Box::pin(RecordBatchStreamAdapter::new(self.schema.clone(), stream)))
     }
 }
 
-/// One partition's queries, batch by batch.
+/// The input's rows in batches of at most [`BATCH`], each with its first row's number.
+fn query_batches(input: SendableRecordBatchStream) -> impl futures::Stream<Item = Result<(usize, RecordBatch)>> {
+    let schema = input.schema();
+    futures::stream::try_unfold((input, None::<RecordBatch>, 0usize), move |(mut input, mut pending, seen)| {
+        let schema = schema.clone();
+        async move {
+            let mut parts = vec![];
+            let mut rows = 0;
+            while rows < BATCH {
+                let batch = match pending.take() {
+                    Some(b) => b,
+                    None => match input.next().await {
+                        Some(b) => b?,
+                        None => break,
+                    },
+                };
+                let take = (BATCH - rows).min(batch.num_rows());
+                if take < batch.num_rows() {
+                    pending = Some(batch.slice(take, batch.num_rows() - take));
+                }
+                parts.push(batch.slice(0, take));
+                rows += take;
+            }
+            if rows == 0 {
+                return Ok(None);
+            }
+            Ok(Some(((seen, concat_batches(&schema, &parts)?), (input, pending, seen + rows))))
+        }
+    })
+}
+
+/// What the batches of one partition share.
 struct Batches {
-    input: SendableRecordBatchStream,
-    /// Rows of an input batch beyond the last query batch.
-    pending: Option<RecordBatch>,
-    /// Query rows taken so far (errors name rows by it).
-    seen: usize,
     run: Run,
     query: Arc<dyn PhysicalExpr>,
     vector_left: bool,
@@ -159,66 +187,46 @@ struct Batches {
     /// FAISS calls for whole batches, and for single queries searched again alone.
     searches: Count,
     alone: Count,
-    /// Ids passing the vector table's filters (`Some(None)`: no filter), found once.
-    allowed: Option<Option<Arc<Vec<i64>>>>,
+    /// Ids passing the vector table's filters (`None`: no filter), found once.
+    allowed: tokio::sync::OnceCell<Option<Arc<Vec<i64>>>>,
     /// Every row passing the filters, read once where a query needs them all.
-    everything: Option<RecordBatch>,
+    everything: tokio::sync::OnceCell<RecordBatch>,
 }
 
 impl Batches {
-    /// The next (at most) [`BATCH`] query rows.
-    async fn next_queries(&mut self) -> Result<Option<RecordBatch>> {
-        let mut parts = vec![];
-        let mut rows = 0;
-        while rows < BATCH {
-            let batch = match self.pending.take() {
-                Some(b) => b,
-                None => match self.input.next().await {
-                    Some(b) => b?,
-                    None => break,
-                },
-            };
-            let take = (BATCH - rows).min(batch.num_rows());
-            if take < batch.num_rows() {
-                self.pending = Some(batch.slice(take, batch.num_rows() - take));
-            }
-            parts.push(batch.slice(0, take));
-            rows += take;
-        }
-        if rows == 0 {
-            return Ok(None);
-        }
-        Ok(Some(concat_batches(&self.input.schema(), &parts)?))
-    }
-
-    async fn allowed(&mut self) -> Result<Option<Arc<Vec<i64>>>> {
-        if self.allowed.is_none() {
-            let allowed = match self.run.spec.filters.is_empty() {
-                true => None,
-                false => {
-                    let start = std::time::Instant::now();
-                    let ids = self.run.allowed_ids().await?;
-                    self.run.counts.filter_time.add_elapsed(start);
-                    self.run.counts.allowed_rows.add(ids.len());
-                    Some(Arc::new(ids))
+    async fn allowed(&self) -> Result<Option<Arc<Vec<i64>>>> {
+        let run = &self.run;
+        let allowed = self
+            .allowed
+            .get_or_try_init(|| async {
+                if run.spec.filters.is_empty() {
+                    return Ok::<_, DataFusionError>(None);
                 }
-            };
-            self.allowed = Some(allowed);
-        }
-        Ok(self.allowed.clone().flatten())
+                let start = std::time::Instant::now();
+                let ids = run.allowed_ids().await?;
+                run.counts.filter_time.add_elapsed(start);
+                run.counts.allowed_rows.add(ids.len());
+                Ok(Some(Arc::new(ids)))
+            })
+            .await?;
+        Ok(allowed.clone())
     }
 
-    async fn everything(&mut self) -> Result<RecordBatch> {
-        if self.everything.is_none() {
-            let batches: Vec<RecordBatch> = self.run.brute_force().await?.try_collect().await?;
-            let schema = Arc::new(self.run.spec.table.schema().project(&self.run.spec.projection)?);
-            self.everything = Some(concat_batches(&schema, &batches)?);
-        }
-        Ok(self.everything.clone().expect("read above"))
+    async fn everything(&self) -> Result<RecordBatch> {
+        let run = &self.run;
+        let rows = self
+            .everything
+            .get_or_try_init(|| async {
+                let batches: Vec<RecordBatch> = run.brute_force().await?.try_collect().await?;
+                let schema = Arc::new(run.spec.table.schema().project(&run.spec.projection)?);
+                Ok::<_, DataFusionError>(concat_batches(&schema, &batches)?)
+            })
+            .await?;
+        Ok(rows.clone())
     }
 
     /// The join's rows for `queries`: each query row with each row of its candidates.
-    async fn join(&mut self, queries: &RecordBatch) -> Result<RecordBatch> {
+    async fn join(&self, first: usize, queries: &RecordBatch) -> Result<RecordBatch> {
         let n = queries.num_rows();
         let d = self.run.spec.table.index_info().dimension;
         let vectors = row_vectors(&self.query.evaluate(queries)?, n)?;
@@ -226,13 +234,12 @@ impl Batches {
             if let Some(v) = v.as_ref().filter(|v| v.len() != d) {
                 return exec_err!(
                     "query row {}: a vector of dimension {}, the index {} has dimension {d}",
-                    self.seen + i,
+                    first + i,
                     v.len(),
                     self.run.spec.table.location().as_str()
                 );
             }
         }
-        self.seen += n;
         // A NULL query vector has no nearest rows.
         let valid: Vec<usize> = (0..n).filter(|&i| vectors[i].is_some()).collect();
         self.queries.add(valid.len());
