@@ -5,7 +5,7 @@ mod common;
 use std::sync::Arc;
 
 use common::*;
-use datafusion_faiss::{IvfIndex, Metric};
+use datafusion_faiss::{IvfIndex, Metric, SearchOptions};
 
 const D: usize = 32;
 const N: usize = 3000;
@@ -51,6 +51,10 @@ async fn check_file(bytes: &[u8], what: &str) {
         assert_same(&ours, &reference(bytes, &queries, k, nprobe), &format!("{what} k={k} nprobe={nprobe}"));
         assert!(ours.stats.lists_probed <= (25 * nprobe.min(32)) as u64);
     }
+    // Queries split across threads (runs of 9, 9 and 7), transforms and all: the same.
+    let options = SearchOptions { threads: 3, ..Default::default() };
+    let ours = index.search_with(&queries, 10, 4, options).await.unwrap();
+    assert_same(&ours, &reference(bytes, &queries, 10, 4), &format!("{what} in 3 threads"));
     // Filtered: FAISS's full ranking of the probed lists, restricted to the allowed ids.
     let full = reference(bytes, &queries, N, 4);
     // Covers both id schemes: 0..N and the builders' 3i + 11.

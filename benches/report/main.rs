@@ -10,6 +10,7 @@
 #[allow(dead_code)]
 mod common;
 
+mod batch;
 mod cells;
 mod data;
 mod lookup;
@@ -41,6 +42,8 @@ struct Plan {
     /// The cell of the cold-latency target: data set and nprobe (IVF-Flat, 30 ms).
     headline: (String, usize),
     lookup: LookupPlan,
+    /// Batch search: queries per data set (by name), and how many single statements to time.
+    batch: (Vec<(String, usize)>, usize),
 }
 
 /// The row-lookup section: the IVF-Flat table of `dataset` as pyarrow writes it and in
@@ -98,6 +101,7 @@ fn full() -> Plan {
             exact_queries: 3,
             latency: Duration::from_millis(30),
         },
+        batch: (vec![("fashion-mnist".into(), 10_000), ("clustered-1m-128".into(), 1_000)], 2_000),
     }
 }
 
@@ -128,6 +132,7 @@ fn smoke() -> Plan {
             exact_queries: 2,
             latency: Duration::ZERO,
         },
+        batch: (vec![("clustered-4k-16".into(), 50)], 10),
     }
 }
 
@@ -140,14 +145,16 @@ fn main() {
     let is_full = std::env::args().any(|a| a == "--bench");
     let mut plan = if is_full { full() } else { smoke() };
     // DFF_REPORT=lookup measures the row-lookup section alone (its data set's IVF-Flat);
-    // DFF_REPORT=flat every section but the row lookup, on the IVF-Flat indexes only.
+    // DFF_REPORT=batch the batch-search section alone (IVF-Flat); DFF_REPORT=flat every
+    // section but the row lookup, on the IVF-Flat indexes only.
     let section = std::env::var("DFF_REPORT").unwrap_or_default();
+    let only_batch = section == "batch";
     let only_lookup = section == "lookup";
     if only_lookup {
         let name = plan.lookup.dataset.clone();
         plan.specs.retain(|s| s.name == name);
     }
-    if only_lookup || section == "flat" {
+    if only_lookup || only_batch || section == "flat" {
         plan.specs.iter_mut().for_each(|s| s.factories.retain(|f| f.ends_with(",Flat")));
     }
     let started = Instant::now();
@@ -163,11 +170,12 @@ fn main() {
         cells: Vec::new(),
         sql: Vec::new(),
         lookup: Vec::new(),
+        batch: Vec::new(),
         pip: Vec::new(),
         headline: plan.headline.clone(),
     };
 
-    for ds in datasets.iter().filter(|_| !only_lookup) {
+    for ds in datasets.iter().filter(|_| !only_lookup && !only_batch) {
         for (factory, file) in &ds.indexes {
             let size = std::fs::metadata(file).unwrap().len();
             let key = Path::from(format!("bench/{}/{}", ds.name, file.file_name().unwrap().to_string_lossy()));
@@ -237,8 +245,19 @@ fn main() {
         )));
     }
 
+    if !only_lookup {
+        let (sets, singles) = &plan.batch;
+        for ds in &datasets {
+            let Some((_, queries)) = sets.iter().find(|(name, _)| *name == ds.name) else { continue };
+            let (_, flat) = ds.indexes.iter().find(|(f, _)| f.ends_with(",Flat")).expect("an IVF-Flat index");
+            let nprobe = 16.min(plan.nprobes[plan.nprobes.len() - 1]);
+            report.batch.push(rt.block_on(batch::measure(ds, flat, *queries, *singles, nprobe)));
+            eprintln!("report: batch search on {} measured", ds.name);
+        }
+    }
+
     // Made outside the runtime: building an index blocks.
-    if section != "flat" {
+    if section != "flat" && !only_batch {
         let larger = plan.lookup.larger.as_ref().map(|spec| data::prepare(spec, &plan.out));
         rt.block_on(measure_lookup(&plan, &datasets, larger.as_ref(), &s3, &mut report));
     }
@@ -247,7 +266,7 @@ fn main() {
     let md = report.markdown();
     std::fs::write(plan.out.join("report.md"), &md).unwrap();
     std::fs::write(plan.out.join("report.json"), report.json()).unwrap();
-    if !only_lookup {
+    if !only_lookup && !only_batch {
         report.png(&plan.out.join("report.png")).unwrap();
     }
     let targets = md.split("\n## SQL").next().unwrap();

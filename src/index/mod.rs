@@ -117,6 +117,9 @@ pub struct SearchOptions<'a> {
     pub allowed: Option<&'a [i64]>,
     /// Copy each result's stored code out of the probed lists.
     pub codes: bool,
+    /// Threads a search of many queries may split them across (after one fetch of the
+    /// lists for all of them); 0 or 1: the calling thread only.
+    pub threads: usize,
 }
 
 /// An IVF index opened without its list data. Cheap to share (`Arc`) and search from
@@ -278,7 +281,7 @@ impl IvfIndex {
         nprobe: usize,
         allowed: &[i64],
     ) -> Result<SearchResult> {
-        self.search_with(queries, k, nprobe, SearchOptions { allowed: Some(allowed), codes: false }).await
+        self.search_with(queries, k, nprobe, SearchOptions { allowed: Some(allowed), ..Default::default() }).await
     }
 
     /// [`search`](Self::search) with [`SearchOptions`].
@@ -318,16 +321,28 @@ impl IvfIndex {
 
         let queries: Arc<[f32]> = queries.into();
         let inner = self.inner.clone();
+        // Queries per thread: contiguous runs, each thread filling its part of the outputs.
+        let per = n.div_ceil(options.threads.clamp(1, n.max(1))).max(1);
+        let d_ivf = if self.transforms { self.d_ivf } else { 0 };
         let (lists, coarse, transformed) = {
             let queries = queries.clone();
-            let transformed_len = if self.transforms { n * self.d_ivf } else { 0 };
             off_runtime(move || {
                 let mut lists = vec![0i64; n * nprobe];
                 let mut coarse = vec![0f32; n * nprobe];
-                let mut transformed = vec![0f32; transformed_len];
-                inner
-                    .assign(&queries, nprobe, &mut lists, &mut coarse, &mut transformed)
-                    .map(|()| (lists, coarse, transformed))
+                let mut transformed = vec![0f32; n * d_ivf];
+                let parts = queries
+                    .chunks(per * d)
+                    .zip(lists.chunks_mut(per * nprobe))
+                    .zip(coarse.chunks_mut(per * nprobe))
+                    .zip(transformed.chunks_mut((per * d_ivf).max(1)).map(Some).chain(std::iter::repeat_with(|| None)));
+                let inner = &inner;
+                std::thread::scope(|s| {
+                    let work: Vec<_> = parts
+                        .map(|(((q, l), c), t)| move || inner.assign(q, nprobe, l, c, t.unwrap_or(&mut [])))
+                        .collect();
+                    in_threads(s, work, |(), ()| ())
+                })
+                .map(|()| (lists, coarse, transformed))
             })
             .await
             .map_err(|e| Error::faiss(context(), e))?
@@ -349,12 +364,31 @@ impl IvfIndex {
                 .iter()
                 .map(|(list, bytes): &(usize, Bytes)| bridge::ListBytes { list_no: *list as i64, bytes })
                 .collect();
-            let x: &[f32] = if transformed.is_empty() { &queries } else { &transformed };
+            let (x, dx): (&[f32], usize) = if transformed.is_empty() { (&queries, d) } else { (&transformed, d_ivf) };
             let mut distances = vec![0f32; n * k];
             let mut ids = vec![0i64; n * k];
             let filtered = allowed.is_some();
             let allowed: &[i64] = allowed.as_deref().unwrap_or(&[]);
-            inner.scan(x, k, nprobe, &lists, &coarse, &views, filtered, allowed, &mut distances, &mut ids).map(|s| {
+            let (inner, views) = (&inner, &views);
+            let parts = x
+                .chunks(per * dx)
+                .zip(lists.chunks(per * nprobe))
+                .zip(coarse.chunks(per * nprobe))
+                .zip(distances.chunks_mut(per * k))
+                .zip(ids.chunks_mut(per * k));
+            let stats = std::thread::scope(|s| {
+                let work: Vec<_> = parts
+                    .map(|((((x, l), c), dist), i)| {
+                        move || inner.scan(x, k, nprobe, l, c, views, filtered, allowed, dist, i)
+                    })
+                    .collect();
+                in_threads(s, work, |a, b| bridge::ScanStats {
+                    lists_scanned: a.lists_scanned + b.lists_scanned,
+                    codes_scanned: a.codes_scanned + b.codes_scanned,
+                    heap_updates: a.heap_updates + b.heap_updates,
+                })
+            });
+            stats.map(|s| {
                 let codes = stored_codes(&data, &ids, code_size);
                 (distances, ids, codes, s)
             })
@@ -401,6 +435,27 @@ fn stored_codes(lists: &[(usize, Bytes)], ids: &[i64], code_size: usize) -> Vec<
         }
     }
     out
+}
+
+/// Runs `work` (one item per thread; the first on this thread), returning the first
+/// error or the items' results combined by `add`.
+fn in_threads<'scope, R: Send + 'scope, E: Send + 'scope>(
+    s: &'scope std::thread::Scope<'scope, '_>,
+    work: Vec<impl FnOnce() -> std::result::Result<R, E> + Send + 'scope>,
+    add: impl Fn(R, R) -> R,
+) -> std::result::Result<R, E> {
+    let mut work = work.into_iter();
+    let first = work.next().expect("at least one part");
+    let others: Vec<_> = work.map(|w| s.spawn(w)).collect();
+    let mut total = first();
+    for other in others {
+        let r = other.join().expect("FAISS thread panicked");
+        total = match (total, r) {
+            (Ok(a), Ok(b)) => Ok(add(a, b)),
+            (Err(e), _) | (_, Err(e)) => Err(e),
+        };
+    }
+    total
 }
 
 /// Runs FAISS work where it does not stall the runtime's workers: in place on a

@@ -335,7 +335,7 @@ impl Run {
         loop {
             // The search notices a replaced object only through the GETs it makes; with
             // every list cached it makes none, so the path is checked alongside it.
-            let options = SearchOptions { allowed, codes: spec.vectors_from_index };
+            let options = SearchOptions { allowed, codes: spec.vectors_from_index, threads: 1 };
             let search = index.search_with(query, want, nprobe, options);
             let result = match checked {
                 true => search.await,
@@ -697,7 +697,8 @@ fn vector_array<'a>(
 ) -> Result<datafusion::arrow::array::ArrayRef> {
     use datafusion::arrow::array::{FixedSizeListArray, Float32Array, LargeListArray, ListArray};
     use datafusion::arrow::buffer::OffsetBuffer;
-    let values: Vec<f32> = rows.flat_map(|r| r.iter().copied()).collect();
+    let mut values: Vec<f32> = Vec::with_capacity(rows.size_hint().0 * d);
+    rows.for_each(|r| values.extend_from_slice(r));
     let n = values.len() / d.max(1);
     let values = Arc::new(Float32Array::from(values));
     Ok(match data_type {

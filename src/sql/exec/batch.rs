@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 
-use datafusion::arrow::array::UInt32Array;
+use datafusion::arrow::array::{ArrayRef, UInt32Array};
 use datafusion::arrow::compute::{concat_batches, take};
 use datafusion::common::exec_err;
 use datafusion::common::runtime::SpawnedTask;
@@ -111,9 +111,6 @@ impl ExecutionPlan for IvfKnnExec {
 
     fn execute(&self, partition: usize, context: Arc<TaskContext>) -> Result<SendableRecordBatchStream> {
         let input = self.input.execute(partition, context.clone())?;
-        // Batches in flight at once: FAISS searches on its task's thread, so as many
-        // batches as partitions keep the cores busy even when the queries come in one.
-        let parallel = context.session_config().target_partitions().max(1);
         let metric = |name: &'static str| MetricBuilder::new(&self.metrics).global_counter(name);
         let batches = Arc::new(Batches {
             run: Run {
@@ -135,12 +132,12 @@ impl ExecutionPlan for IvfKnnExec {
         let stream = query_batches(input)
             .map_ok(move |(first, queries)| {
                 let batches = batches.clone();
-                // A task each (aborted if the query is dropped), so that batches run in
-                // parallel, not just interleaved.
+                // A task each (aborted if the query is dropped): one batch looks up its
+                // rows while the next searches (on as many threads as partitions).
                 let task = SpawnedTask::spawn(async move { batches.join(first, &queries).await });
                 async move { task.join_unwind().await.map_err(|e| DataFusionError::External(e.into()))? }
             })
-            .try_buffered(parallel)
+            .try_buffered(2)
             .try_filter(|b| futures::future::ready(b.num_rows() > 0));
         Ok(Box::pin(RecordBatchStreamAdapter::new(self.schema.clone(), stream)))
     }
@@ -282,11 +279,11 @@ impl Batches {
             table_rows.extend(rows);
         }
         let (query_rows, table_rows) = (UInt32Array::from(query_rows), UInt32Array::from(table_rows));
-        let query_columns = queries.columns().iter().map(|c| take(c, &query_rows, None));
-        let table_columns = rows.columns().iter().map(|c| take(c, &table_rows, None));
+        let query_columns = queries.columns().iter().map(|c| Ok(take(c, &query_rows, None)?));
+        let table_columns = rows.columns().iter().map(|c| gather(c, &table_rows));
         let columns: Vec<_> = match self.vector_left {
-            true => table_columns.chain(query_columns).collect::<Result<_, _>>()?,
-            false => query_columns.chain(table_columns).collect::<Result<_, _>>()?,
+            true => table_columns.chain(query_columns).collect::<Result<_>>()?,
+            false => query_columns.chain(table_columns).collect::<Result<_>>()?,
         };
         let options = RecordBatchOptions::new().with_row_count(Some(query_rows.len()));
         Ok(RecordBatch::try_new_with_options(self.schema.clone(), columns, &options)?)
@@ -308,7 +305,9 @@ impl Batches {
                     by_id.entry(*id).or_insert(&v[c * d..(c + 1) * d]);
                 }
             }
-            ids.iter().flat_map(|id| by_id[id].iter().copied()).collect::<Vec<f32>>()
+            let mut vectors = Vec::with_capacity(ids.len() * d);
+            ids.iter().for_each(|id| vectors.extend_from_slice(by_id[id]));
+            vectors
         });
         run.counts.candidates.add(ids.len());
         let columns = run.read_columns(spec.vectors_from_index);
@@ -331,6 +330,28 @@ impl Batches {
     }
 }
 
+/// `take(array, rows)`, with vectors (Float32 lists of one size, no NULLs: the usual
+/// vector column, thousands of values a row) copied a row at a time rather than a value.
+fn gather(array: &ArrayRef, rows: &UInt32Array) -> Result<ArrayRef> {
+    use datafusion::arrow::array::{Array, FixedSizeListArray, Float32Array};
+    use datafusion::arrow::datatypes::Float32Type;
+    if let (Some(list), DataType::FixedSizeList(item, size)) = (array.as_fixed_size_list_opt(), array.data_type()) {
+        if list.null_count() == 0 && list.values().null_count() == 0 && *item.data_type() == DataType::Float32 {
+            let n = *size as usize;
+            let values = list.values().as_primitive::<Float32Type>().values();
+            let mut out = Vec::with_capacity(rows.len() * n);
+            rows.values().iter().for_each(|&r| out.extend_from_slice(&values[r as usize * n..][..n]));
+            return Ok(Arc::new(FixedSizeListArray::try_new(
+                item.clone(),
+                *size,
+                Arc::new(Float32Array::from(out)),
+                None,
+            )?));
+        }
+    }
+    Ok(take(array, rows, None)?)
+}
+
 impl Run {
     /// [`Run::search`] of `queries` (`n × d`) in one FAISS call; a query whose result
     /// is short (a filter) or ties past its candidates is searched again alone.
@@ -347,7 +368,8 @@ impl Run {
         }
         .clamp(1, nlist);
         let want = spec.candidates() + 1;
-        let options = SearchOptions { allowed, codes: spec.vectors_from_index };
+        let threads = self.context.session_config().target_partitions();
+        let options = SearchOptions { allowed, codes: spec.vectors_from_index, threads };
         let (current, result) = futures::join!(index.check(), index.search_with(queries, want, nprobe, options));
         let result = match current.and(result) {
             Err(e) if registry::is_changed(&e) => {
