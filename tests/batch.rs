@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use common::*;
-use datafusion::arrow::array::{Array, AsArray, FixedSizeListArray, Float32Array, Int64Array, RecordBatch};
+use datafusion::arrow::array::{AsArray, FixedSizeListArray, Float32Array, Int64Array, RecordBatch};
 use datafusion::arrow::datatypes::{DataType, Field, Float64Type, Int64Type, Schema};
 use datafusion::prelude::SessionContext;
 
@@ -66,15 +66,8 @@ async fn batch_equals_exact_plan_and_single_statements() {
     std::fs::write(&positional, index_bytes(&x, D, None, "IVF32,SQ8").await).unwrap();
     let ctx = SessionContext::new();
     datafusion_faiss::sql::register_all(&ctx);
-    for (name, index, key) in [("keyed", &keyed, "'key' 'id', "), ("positional", &positional, "")] {
-        ctx.sql(&format!(
-            "CREATE EXTERNAL TABLE {name} STORED AS FAISS LOCATION '{}' OPTIONS ('index' '{}', {key}'vector' 'embedding')",
-            file.display(),
-            index.display()
-        ))
-        .await
-        .unwrap();
-    }
+    create(&ctx, "keyed", file.to_str().unwrap(), keyed.to_str().unwrap(), true).await;
+    create(&ctx, "positional", file.to_str().unwrap(), positional.to_str().unwrap(), false).await;
     // 1,100 queries (two batches), one of them NULL.
     let q = clustered(QUERIES, D, 12, 77);
     let item = Arc::new(Field::new("item", DataType::Float32, true));

@@ -53,16 +53,6 @@ fn context(store: Option<(&str, Arc<dyn ObjectStore>)>) -> SessionContext {
     ctx
 }
 
-async fn create(ctx: &SessionContext, name: &str, table: &str, index: &str, key: bool) {
-    let key = if key { "'key' 'id', " } else { "" };
-    ctx.sql(&format!(
-        "CREATE EXTERNAL TABLE {name} STORED AS FAISS LOCATION '{table}' \
-         OPTIONS ('index' '{index}', {key}'vector' 'embedding')"
-    ))
-    .await
-    .unwrap();
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pyarrow_default_table_by_key_and_by_position() {
     let dir = tempfile::tempdir().unwrap();

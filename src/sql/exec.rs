@@ -46,17 +46,17 @@ pub struct FaissQueryPlanner;
 #[async_trait]
 impl QueryPlanner for FaissQueryPlanner {
     async fn create_physical_plan(&self, plan: &LogicalPlan, session: &dyn Session) -> Result<Arc<dyn ExecutionPlan>> {
-        DefaultPhysicalPlanner::with_extension_planners(vec![Arc::new(IvfTopKPlanner)])
+        DefaultPhysicalPlanner::with_extension_planners(vec![Arc::new(FaissPlanner)])
             .create_physical_plan(plan, session)
             .await
     }
 }
 
 #[derive(Debug)]
-struct IvfTopKPlanner;
+struct FaissPlanner;
 
 #[async_trait]
-impl ExtensionPlanner for IvfTopKPlanner {
+impl ExtensionPlanner for FaissPlanner {
     async fn plan_extension(
         &self,
         _planner: &dyn PhysicalPlanner,
@@ -265,16 +265,11 @@ impl Run {
         };
         if let Some(ids) = &allowed {
             self.counts.allowed_rows.add(ids.len());
-            let rows = spec.table.index_info().ntotal as f64;
             if ids.is_empty() {
                 return Ok(futures::stream::empty().boxed());
             }
-            if ids.len() <= spec.candidates() || ids.len() as f64 <= spec.brute_force_fraction * rows {
-                return self.brute_force().await;
-            }
         }
-        if spec.candidates() as u64 >= spec.table.index_info().ntotal {
-            // The index would return every row anyway.
+        if spec.brute_force(allowed.as_ref().map(Vec::len)) {
             return self.brute_force().await;
         }
         // The table is listed (one LIST or HEAD) while the index is searched.
@@ -318,16 +313,7 @@ impl Run {
     async fn search(&self, query: &[f32], allowed: Option<&[i64]>) -> Result<Option<Candidates>> {
         let spec = &self.spec;
         let mut index = spec.table.index(spec.cache_bytes).await?;
-        // With a filter, probe as many more lists as the filter is selective, so about as
-        // many allowed vectors are compared as an unfiltered search compares.
-        let mut nprobe = match allowed {
-            Some(keys) => {
-                let fraction = keys.len() as f64 / index.info().ntotal.max(1) as f64;
-                (spec.nprobe as f64 / fraction.min(1.0)).ceil() as usize
-            }
-            None => spec.nprobe,
-        }
-        .clamp(1, index.info().nlist);
+        let mut nprobe = spec.nprobe_for(index.info(), allowed);
         // Checked once per query: with the first search, and by the reopen after a change.
         let (mut reopened, mut checked) = (false, false);
         // One past the candidates, to see whether the k-th place ties beyond them.
@@ -355,52 +341,24 @@ impl Run {
                 r => r.map_err(|e| index_error(spec.table.location(), e))?,
             };
             self.counts.add_search(&result.stats);
-            let d = index.info().dimension;
-            let code_size = index.info().code_size;
-            // The index's vectors serve only where its codes are the vectors (checked
-            // again here: the object may have been replaced since planning).
-            let codes =
-                (spec.vectors_from_index && !result.codes.is_empty() && code_size == 4 * d).then_some(result.codes);
-            let mut found: Vec<(i64, f32, usize)> = result
-                .ids
-                .into_iter()
-                .zip(result.distances)
-                .enumerate()
-                .filter(|&(_, (id, _))| id >= 0)
-                .map(|(at, (id, d))| (id, d, at))
-                .collect();
+            let mut found = Found::of(&result, 0..want);
             let (nlist, ntotal) = (index.info().nlist, index.info().ntotal as usize);
             // Rows tied with the k-th (duplicates, or FAISS's f32 rounding against the exact
             // re-rank's f64) may reach past the candidates; the exact plan breaks such ties
             // by the other sort keys, so all of them must be re-ranked: ask for more until
             // the last one found is clearly farther than the k-th, then keep the candidates
             // and the tie.
-            if found.len() >= spec.k {
-                let kth = found[spec.k - 1].1;
-                let tied = |d: f32| tied(kth, d);
-                if found.len() == want && want < ntotal && tied(found[want - 1].1) {
-                    want = want.saturating_mul(2).min(ntotal);
-                    continue;
-                }
-                let ties = found.iter().rposition(|&(_, d, _)| tied(d)).map_or(0, |p| p + 1);
-                found.truncate(spec.candidates().max(ties));
+            if found.ties_past(spec.k, want) && want < ntotal {
+                want = want.saturating_mul(2).min(ntotal);
+                continue;
             }
-            if found.len() >= spec.k || nprobe >= nlist {
+            if found.0.len() >= spec.k || nprobe >= nlist {
                 self.counts.nprobe.add(nprobe.min(nlist));
-                if found.len() < spec.k {
+                if found.0.len() < spec.k {
                     return Ok(None);
                 }
-                let vectors = codes.map(|codes| {
-                    found
-                        .iter()
-                        .flat_map(|&(_, _, at)| {
-                            codes[at * code_size..][..code_size]
-                                .chunks_exact(4)
-                                .map(|b| f32::from_le_bytes(b.try_into().expect("4 bytes")))
-                        })
-                        .collect()
-                });
-                return Ok(Some(Candidates { ids: found.into_iter().map(|(id, _, _)| id).collect(), vectors }));
+                found.keep(spec.k, spec.candidates());
+                return Ok(Some(found.candidates(spec.codes(index.info(), &result))));
             }
             nprobe = nprobe.saturating_mul(2).min(nlist);
         }
@@ -655,6 +613,73 @@ impl Run {
         let plan = self.state.create_physical_plan(&plan).await?;
         let stream = execute_stream(plan.clone(), self.context.clone())?;
         Ok((plan, stream))
+    }
+}
+
+/// One query's results from FAISS: (id, distance, slot in the result) of each found.
+struct Found(Vec<(i64, f32, usize)>);
+
+impl Found {
+    fn of(result: &crate::SearchResult, slots: std::ops::Range<usize>) -> Found {
+        Found(slots.filter(|&at| result.ids[at] >= 0).map(|at| (result.ids[at], result.distances[at], at)).collect())
+    }
+
+    /// All `want` asked for were found and the last ties with the k-th: more may tie.
+    fn ties_past(&self, k: usize, want: usize) -> bool {
+        let f = &self.0;
+        f.len() == want && f.len() >= k && tied(f[k - 1].1, f[want - 1].1)
+    }
+
+    /// Keeps the first `candidates` and every one tied with the k-th (at least k found).
+    fn keep(&mut self, k: usize, candidates: usize) {
+        let kth = self.0[k - 1].1;
+        let ties = self.0.iter().rposition(|&(_, d, _)| tied(kth, d)).map_or(0, |p| p + 1);
+        self.0.truncate(candidates.max(ties));
+    }
+
+    /// The ids, with their vectors decoded from `codes` (`code_size` bytes per slot).
+    fn candidates(self, codes: Option<(&[u8], usize)>) -> Candidates {
+        let vectors = codes.map(|(codes, code_size)| {
+            self.0
+                .iter()
+                .flat_map(|&(_, _, at)| {
+                    codes[at * code_size..][..code_size]
+                        .chunks_exact(4)
+                        .map(|b| f32::from_le_bytes(b.try_into().expect("4 bytes")))
+                })
+                .collect()
+        });
+        Candidates { ids: self.0.into_iter().map(|(id, _, _)| id).collect(), vectors }
+    }
+}
+
+impl TopK {
+    /// With a filter passing `allowed` ids, as many more lists as it is selective, so
+    /// about as many allowed vectors are compared as an unfiltered search compares.
+    fn nprobe_for(&self, info: &crate::IndexInfo, allowed: Option<&[i64]>) -> usize {
+        match allowed {
+            Some(keys) => {
+                let fraction = keys.len() as f64 / info.ntotal.max(1) as f64;
+                (self.nprobe as f64 / fraction.min(1.0)).ceil() as usize
+            }
+            None => self.nprobe,
+        }
+        .clamp(1, info.nlist)
+    }
+
+    /// The result's codes and code size where they are the rows' vectors: asked for, and
+    /// IVF-Flat (checked again here: the object may have been replaced since planning).
+    fn codes<'r>(&self, info: &crate::IndexInfo, result: &'r crate::SearchResult) -> Option<(&'r [u8], usize)> {
+        (self.vectors_from_index && !result.codes.is_empty() && info.code_size == 4 * info.dimension)
+            .then_some((&result.codes, info.code_size))
+    }
+
+    /// Whether every row passing the filters (`allowed` of them, when filtered) is read
+    /// instead of searching: few pass, or the index would return every row anyway.
+    fn brute_force(&self, allowed: Option<usize>) -> bool {
+        let ntotal = self.table.index_info().ntotal;
+        allowed.is_some_and(|n| n <= self.candidates() || n as f64 <= self.brute_force_fraction * ntotal as f64)
+            || self.candidates() as u64 >= ntotal
     }
 }
 

@@ -30,7 +30,7 @@ use datafusion::optimizer::{ApplyOrder, OptimizerConfig, OptimizerRule};
 
 use super::config::FaissConfig;
 use super::node::TopK;
-use super::rule::{exact_codes, through_alias, through_projection, unqualify, vector_table};
+use super::rule::{down_to_scan, exact_codes, through_projection, Scanned};
 use super::table::parquet_files;
 use crate::Metric;
 
@@ -201,54 +201,19 @@ struct Side {
 }
 
 fn vector_side(plan: &LogicalPlan) -> Result<Option<Side>> {
-    let mut outputs: Vec<Expr> = plan.schema().columns().into_iter().map(Expr::Column).collect();
-    let mut filters: Vec<Expr> = vec![];
-    let mut plan = plan;
-    let scan = loop {
-        match plan {
-            LogicalPlan::Projection(p) => {
-                outputs = outputs.into_iter().map(|e| through_projection(e, p)).collect::<Result<_>>()?;
-                filters = filters.into_iter().map(|e| through_projection(e, p)).collect::<Result<_>>()?;
-                plan = &p.input;
-            }
-            LogicalPlan::SubqueryAlias(a) => {
-                outputs = outputs.into_iter().map(|e| through_alias(e, a)).collect::<Result<_>>()?;
-                filters = filters.into_iter().map(|e| through_alias(e, a)).collect::<Result<_>>()?;
-                plan = &a.input;
-            }
-            LogicalPlan::Filter(f) => {
-                filters.push(f.predicate.clone());
-                plan = &f.input;
-            }
-            LogicalPlan::TableScan(scan) => break scan,
-            _ => return Ok(None),
-        }
-    };
-    let Some(table) = vector_table(scan) else { return Ok(None) };
+    let outputs = plan.schema().columns().into_iter().map(Expr::Column).collect();
+    let Some(Scanned { table, scan, exprs, filters }) = down_to_scan(plan, outputs)? else { return Ok(None) };
     let schema = table.schema();
-    let mut projection = vec![];
-    for e in outputs {
-        match unqualify(e)? {
-            Expr::Column(c) => match schema.index_of(&c.name) {
-                Ok(i) => projection.push(i),
-                Err(_) => return Ok(None),
-            },
-            _ => return Ok(None),
-        }
+    let column = |e: &Expr| match e {
+        Expr::Column(c) => schema.index_of(&c.name).ok(),
+        _ => None,
+    };
+    let Some(projection) = exprs.iter().map(column).collect::<Option<Vec<usize>>>() else { return Ok(None) };
+    let on_table = |f: &Expr| f.column_refs().iter().all(|c| schema.index_of(&c.name).is_ok());
+    if filters.iter().any(|f| f.is_volatile() || !on_table(f)) {
+        return Ok(None);
     }
-    let mut unique: Vec<Expr> = vec![];
-    for f in filters.into_iter().chain(scan.filters.iter().cloned()) {
-        for f in datafusion::logical_expr::utils::split_conjunction_owned(f) {
-            let f = unqualify(f)?;
-            if f.is_volatile() || !f.column_refs().iter().all(|c| schema.index_of(&c.name).is_ok()) {
-                return Ok(None);
-            }
-            if !unique.contains(&f) {
-                unique.push(f);
-            }
-        }
-    }
-    Ok(Some(Side { table, table_name: scan.table_name.clone(), projection, filters: unique }))
+    Ok(Some(Side { table, table_name: scan.table_name.clone(), projection, filters }))
 }
 
 /// Every row of `input` (the queries) with the rows of its candidates in the vector

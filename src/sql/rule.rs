@@ -71,48 +71,16 @@ impl OptimizerRule for IvfTopKRule {
 /// The index scan that can replace the scan under `input`, if the ORDER BY is a metric
 /// the index answers and nothing in between changes which rows are the nearest.
 fn match_top_k(order: &SortExpr, input: &LogicalPlan, k: usize, settings: &FaissConfig) -> Result<Option<IvfTopKNode>> {
-    let mut distance = order.expr.clone().unalias_nested().data;
-    let mut filters: Vec<Expr> = vec![];
     // What the plan above the scan can see: the sort's input columns, as scan expressions.
-    let mut outputs: Vec<Expr> = input.schema().columns().into_iter().map(Expr::Column).collect();
-    let mut plan = input;
-    let scan = loop {
-        match plan {
-            LogicalPlan::Projection(p) => {
-                distance = through_projection(distance, p)?;
-                filters = filters.into_iter().map(|f| through_projection(f, p)).collect::<Result<_>>()?;
-                outputs = outputs.into_iter().map(|f| through_projection(f, p)).collect::<Result<_>>()?;
-                plan = &p.input;
-            }
-            LogicalPlan::Filter(f) => {
-                filters.push(f.predicate.clone());
-                plan = &f.input;
-            }
-            LogicalPlan::SubqueryAlias(a) => {
-                distance = through_alias(distance, a)?;
-                filters = filters.into_iter().map(|f| through_alias(f, a)).collect::<Result<_>>()?;
-                outputs = outputs.into_iter().map(|f| through_alias(f, a)).collect::<Result<_>>()?;
-                plan = &a.input;
-            }
-            LogicalPlan::TableScan(scan) => break scan,
-            _ => return Ok(None),
-        }
-    };
-    let Some(table) = vector_table(scan) else { return Ok(None) };
-    filters.extend(scan.filters.iter().cloned());
-    let mut unique: Vec<Expr> = vec![];
-    for f in filters.into_iter().flat_map(split_conjunction_owned) {
-        let f = unqualify(f)?;
-        if !unique.contains(&f) {
-            unique.push(f);
-        }
-    }
-    let filters = unique;
+    let outputs = input.schema().columns().into_iter().map(Expr::Column);
+    let exprs = std::iter::once(order.expr.clone().unalias_nested().data).chain(outputs).collect();
+    let Some(Scanned { table, scan, mut exprs, filters }) = down_to_scan(input, exprs)? else { return Ok(None) };
     if filters.iter().any(|f| f.is_volatile() || has_subquery(f)) {
         return Ok(None);
     }
-    let distance = unqualify(distance)?;
-    let seen = outputs.into_iter().chain(filters.iter().cloned()).map(unqualify).collect::<Result<Vec<_>>>()?;
+    let outputs = exprs.split_off(1);
+    let distance = exprs.remove(0);
+    let seen: Vec<Expr> = outputs.into_iter().chain(filters.iter().cloned()).collect();
     let vector_seen = seen.iter().any(|e| uses_outside(e, &distance, &table.options().vector));
     let Expr::ScalarFunction(ScalarFunction { func, args }) = distance else { return Ok(None) };
     let Some(mut query) = query_vector(&args, &table.options().vector) else { return Ok(None) };
@@ -156,6 +124,52 @@ fn match_top_k(order: &SortExpr, input: &LogicalPlan, k: usize, settings: &Faiss
     Ok(Some(IvfTopKNode { spec, schema: scan.projected_schema.clone() }))
 }
 
+/// A vector table's scan reached from `plan` through projections, aliases and filters.
+pub(super) struct Scanned<'a> {
+    pub table: Arc<VectorTable>,
+    pub scan: &'a TableScan,
+    /// The expressions given (over `plan`'s output) in the scan's columns, unqualified.
+    pub exprs: Vec<Expr>,
+    /// The filters met on the way and the scan's own: split, unqualified, distinct.
+    pub filters: Vec<Expr>,
+}
+
+pub(super) fn down_to_scan(plan: &LogicalPlan, mut exprs: Vec<Expr>) -> Result<Option<Scanned<'_>>> {
+    let mut filters: Vec<Expr> = vec![];
+    let mut plan = plan;
+    let scan = loop {
+        match plan {
+            LogicalPlan::Projection(p) => {
+                exprs = exprs.into_iter().map(|e| through_projection(e, p)).collect::<Result<_>>()?;
+                filters = filters.into_iter().map(|f| through_projection(f, p)).collect::<Result<_>>()?;
+                plan = &p.input;
+            }
+            LogicalPlan::Filter(f) => {
+                filters.push(f.predicate.clone());
+                plan = &f.input;
+            }
+            LogicalPlan::SubqueryAlias(a) => {
+                exprs = exprs.into_iter().map(|e| through_alias(e, a)).collect::<Result<_>>()?;
+                filters = filters.into_iter().map(|f| through_alias(f, a)).collect::<Result<_>>()?;
+                plan = &a.input;
+            }
+            LogicalPlan::TableScan(scan) => break scan,
+            _ => return Ok(None),
+        }
+    };
+    let Some(table) = vector_table(scan) else { return Ok(None) };
+    filters.extend(scan.filters.iter().cloned());
+    let mut unique: Vec<Expr> = vec![];
+    for f in filters.into_iter().flat_map(split_conjunction_owned) {
+        let f = unqualify(f)?;
+        if !unique.contains(&f) {
+            unique.push(f);
+        }
+    }
+    let exprs = exprs.into_iter().map(unqualify).collect::<Result<_>>()?;
+    Ok(Some(Scanned { table, scan, exprs, filters: unique }))
+}
+
 /// Whether the index stores the vectors themselves (IVF-Flat, no transform first), so its
 /// ranking is already the exact one and re-ranking more candidates changes nothing.
 pub(super) fn exact_codes(info: &IndexInfo) -> bool {
@@ -163,7 +177,7 @@ pub(super) fn exact_codes(info: &IndexInfo) -> bool {
         && info.code_size == 4 * info.dimension
 }
 
-pub(super) fn vector_table(scan: &TableScan) -> Option<Arc<VectorTable>> {
+fn vector_table(scan: &TableScan) -> Option<Arc<VectorTable>> {
     let provider: Arc<dyn Any + Send + Sync> = source_as_provider(&scan.source).ok()?;
     provider.downcast::<VectorTable>().ok()
 }
@@ -192,7 +206,7 @@ pub(super) fn through_projection(e: Expr, p: &Projection) -> Result<Expr> {
     .map(|t| t.data)
 }
 
-pub(super) fn through_alias(e: Expr, a: &SubqueryAlias) -> Result<Expr> {
+fn through_alias(e: Expr, a: &SubqueryAlias) -> Result<Expr> {
     e.transform_up(|x| match x {
         Expr::Column(c) => {
             let i = a.schema.index_of_column(&c)?;
@@ -204,7 +218,7 @@ pub(super) fn through_alias(e: Expr, a: &SubqueryAlias) -> Result<Expr> {
 }
 
 /// Columns by bare name: the index scan evaluates filters against the base table.
-pub(super) fn unqualify(e: Expr) -> Result<Expr> {
+fn unqualify(e: Expr) -> Result<Expr> {
     e.transform_up(|x| match x {
         Expr::Column(c) => Ok(Transformed::yes(Expr::Column(Column::new_unqualified(c.name)))),
         x => Ok(Transformed::no(x)),

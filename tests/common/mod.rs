@@ -152,6 +152,18 @@ pub fn pyarrow_table(out: &std::path::Path, rows: usize, d: usize, files: usize,
 pub mod proxy;
 pub mod tables;
 
+/// `CREATE EXTERNAL TABLE name STORED AS FAISS` over `table` (Parquet) and `index`, its
+/// vectors in `embedding`, keyed by `id` or (without `key`) by row position.
+pub async fn create(ctx: &datafusion::prelude::SessionContext, name: &str, table: &str, index: &str, key: bool) {
+    let key = if key { "'key' 'id', " } else { "" };
+    ctx.sql(&format!(
+        "CREATE EXTERNAL TABLE {name} STORED AS FAISS LOCATION '{table}' \
+         OPTIONS ('index' '{index}', {key}'vector' 'embedding')"
+    ))
+    .await
+    .unwrap();
+}
+
 /// Index bytes of `x` (`d` wide) under `ids` (`None`: FAISS numbers them 0.., their
 /// positions), built by this crate.
 pub async fn index_bytes(x: &[f32], d: usize, ids: Option<&[i64]>, factory: &str) -> Vec<u8> {

@@ -242,34 +242,32 @@ impl Batches {
         self.queries.add(valid.len());
         let allowed = self.allowed().await?;
         let spec = &self.run.spec;
-        let ntotal = spec.table.index_info().ntotal;
-        let candidates = spec.candidates();
-        let all = match &allowed {
-            Some(ids) => ids.len() <= candidates || ids.len() as f64 <= spec.brute_force_fraction * ntotal as f64,
-            None => false,
-        } || candidates as u64 >= ntotal;
+        let all = spec.brute_force(allowed.as_ref().map(|a| a.len()));
         // Per valid query, the rows (of `rows`) to join it with.
         let (rows, per_query): (RecordBatch, Vec<Vec<u32>>) = if valid.is_empty() {
             (RecordBatch::new_empty(Arc::new(spec.table.schema().project(&spec.projection)?)), vec![])
-        } else if all {
-            let rows = self.everything().await?;
-            let every: Vec<u32> = (0..rows.num_rows() as u32).collect();
-            (rows, vec![every; valid.len()])
         } else {
-            let flat: Vec<f32> = valid.iter().flat_map(|&i| vectors[i].iter().flatten().copied()).collect();
-            let start = std::time::Instant::now();
-            let (found, alone) = self.run.search_batch(&flat, allowed.as_deref().map(|a| a.as_slice())).await?;
-            self.run.counts.search_time.add_elapsed(start);
-            self.searches.add(1);
-            self.alone.add(alone);
-            if found.iter().any(|f| f.is_none()) {
-                // Fewer than k indexed rows pass the filters: every passing row, as for one query.
-                let rows = self.everything().await?;
-                let every: Vec<u32> = (0..rows.num_rows() as u32).collect();
-                (rows, vec![every; valid.len()])
-            } else {
-                let found: Vec<Candidates> = found.into_iter().flatten().collect();
-                Self::lookup(&self.run, found).await?
+            let found = match all {
+                true => None,
+                false => {
+                    let flat: Vec<f32> = valid.iter().flat_map(|&i| vectors[i].iter().flatten().copied()).collect();
+                    let start = std::time::Instant::now();
+                    let (found, alone) = self.run.search_batch(&flat, allowed.as_deref().map(|a| a.as_slice())).await?;
+                    self.run.counts.search_time.add_elapsed(start);
+                    self.searches.add(1);
+                    self.alone.add(alone);
+                    // `None` for a query: fewer than k indexed rows pass the filters.
+                    found.into_iter().collect::<Option<Vec<Candidates>>>()
+                }
+            };
+            match found {
+                Some(found) => Self::lookup(&self.run, found).await?,
+                // Every passing row for every query, as for one query.
+                None => {
+                    let rows = self.everything().await?;
+                    let every: Vec<u32> = (0..rows.num_rows() as u32).collect();
+                    (rows, vec![every; valid.len()])
+                }
             }
         };
         let mut query_rows: Vec<u32> = vec![];
@@ -358,15 +356,8 @@ impl Run {
     async fn search_batch(&self, queries: &[f32], allowed: Option<&[i64]>) -> Result<(Vec<Option<Candidates>>, usize)> {
         let spec = &self.spec;
         let mut index = spec.table.index(spec.cache_bytes).await?;
-        let (d, nlist) = (index.info().dimension, index.info().nlist);
-        let nprobe = match allowed {
-            Some(keys) => {
-                let fraction = keys.len() as f64 / index.info().ntotal.max(1) as f64;
-                (spec.nprobe as f64 / fraction.min(1.0)).ceil() as usize
-            }
-            None => spec.nprobe,
-        }
-        .clamp(1, nlist);
+        let d = index.info().dimension;
+        let nprobe = spec.nprobe_for(index.info(), allowed);
         let want = spec.candidates() + 1;
         let threads = self.context.session_config().target_partitions();
         let options = SearchOptions { allowed, codes: spec.vectors_from_index, threads };
@@ -382,36 +373,17 @@ impl Run {
         .map_err(|e| index_error(spec.table.location(), e))?;
         self.counts.add_search(&result.stats);
         self.counts.nprobe.add(nprobe);
-        let code_size = index.info().code_size;
-        let codes = spec.vectors_from_index && !result.codes.is_empty() && code_size == 4 * d;
+        let codes = spec.codes(index.info(), &result);
         let (mut out, mut alone) = (vec![], 0);
         for (q, query) in queries.chunks_exact(d).enumerate() {
-            let slots = q * want..(q + 1) * want;
-            let found: Vec<(i64, f32, usize)> = (slots)
-                .filter(|&at| result.ids[at] >= 0)
-                .map(|at| (result.ids[at], result.distances[at], at))
-                .collect();
-            let complete =
-                found.len() >= spec.k && !(found.len() == want && tied(found[spec.k - 1].1, found[want - 1].1));
-            if !complete {
+            let mut found = Found::of(&result, q * want..(q + 1) * want);
+            if found.0.len() < spec.k || found.ties_past(spec.k, want) {
                 out.push(self.search(query, allowed).await?);
                 alone += 1;
                 continue;
             }
-            let kth = found[spec.k - 1].1;
-            let ties = found.iter().rposition(|&(_, x, _)| tied(kth, x)).map_or(0, |p| p + 1);
-            let found = &found[..spec.candidates().max(ties).min(found.len())];
-            let vectors = codes.then(|| {
-                found
-                    .iter()
-                    .flat_map(|&(_, _, at)| {
-                        result.codes[at * code_size..][..code_size]
-                            .chunks_exact(4)
-                            .map(|b| f32::from_le_bytes(b.try_into().expect("4 bytes")))
-                    })
-                    .collect()
-            });
-            out.push(Some(Candidates { ids: found.iter().map(|&(id, _, _)| id).collect(), vectors }));
+            found.keep(spec.k, spec.candidates());
+            out.push(Some(found.candidates(codes)));
         }
         Ok((out, alone))
     }

@@ -172,11 +172,7 @@ impl ScalarUDFImpl for DistanceUdf {
 /// The vector a literal argument holds (array literal or `'[...]'` string); `None` when
 /// it is NULL or not a vector.
 pub fn literal_vector(value: &datafusion::common::ScalarValue) -> Option<Vec<f32>> {
-    let v = Vectors::from_arg("literal", &ColumnarValue::Scalar(value.clone())).ok()?;
-    v.get(0).map(|x| match x {
-        Vector::F32(x) => x.to_vec(),
-        Vector::F64(x) => x.iter().map(|&v| v as f32).collect(),
-    })
+    row_vectors(&ColumnarValue::Scalar(value.clone()), 1).ok()?.pop().flatten()
 }
 
 /// Each of `rows` rows' vector in `values` (a vector column, or one literal for every
