@@ -11,6 +11,7 @@ mod fetch;
 mod ffi;
 pub mod index;
 pub mod sql;
+pub mod stores;
 
 pub use error::{Error, Result};
 pub use fetch::{FetchStats, ListCache};

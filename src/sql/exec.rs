@@ -33,6 +33,7 @@ use super::knn::IvfKnnNode;
 use super::node::{IvfTopKNode, TopK};
 use super::registry;
 use super::rows::{keys, Listed, TableIo};
+use super::shards::{self, Part};
 use super::table::{index_error, VectorTable};
 use crate::{SearchOptions, SearchStats};
 
@@ -72,17 +73,24 @@ impl ExtensionPlanner for FaissPlanner {
         if let Some(node) = node.as_any().downcast_ref::<IvfKnnNode>() {
             let [input] = physical_inputs else { return internal_err!("IvfKnn has one input") };
             let query = state.create_physical_expr(node.query.clone(), node.input.schema())?;
-            return Ok(Some(Arc::new(IvfKnnExec::new(node, input.clone(), query, state.clone()))));
+            let parts = shards::parts(&node.spec.table, state, node.spec.cache_bytes).await?;
+            let schema = Arc::new(node.schema.as_arrow().clone());
+            let exec = IvfKnnExec::new(node.spec.clone(), parts, input.clone(), query, node.vector_left, schema, state.clone());
+            return Ok(Some(Arc::new(exec)));
         }
         let Some(node) = node.as_any().downcast_ref::<IvfTopKNode>() else { return Ok(None) };
-        Ok(Some(Arc::new(IvfTopKExec::new(node.spec.clone(), state.clone()))))
+        let parts = shards::parts(&node.spec.table, state, node.spec.cache_bytes).await?;
+        Ok(Some(Arc::new(IvfTopKExec::new(node.spec.clone(), parts, state.clone()))))
     }
 }
 
 /// Emits, for one query vector, the base-table rows of the nearest candidates (or of
-/// every row passing a selective filter); the Sort above ranks them exactly.
+/// every row passing a selective filter); the Sort above ranks them exactly. A partition
+/// per part of the table: each shard's candidates, and every row of the files without a
+/// current index.
 pub struct IvfTopKExec {
     spec: TopK,
+    parts: Vec<Part>,
     /// Plans the base-table scans at run time; the candidate keys are known only then.
     state: SessionState,
     schema: SchemaRef,
@@ -97,26 +105,45 @@ impl fmt::Debug for IvfTopKExec {
 }
 
 impl IvfTopKExec {
-    fn new(spec: TopK, state: SessionState) -> Self {
+    /// The scan of `spec` over `parts` (see [`shards::parts`]), planning its reads of the
+    /// base table in `state`.
+    pub fn new(spec: TopK, parts: Vec<Part>, state: SessionState) -> Self {
         let schema =
             Arc::new(spec.table.schema().project(&spec.projection).expect("projection of the scan it replaced"));
         let properties = Arc::new(PlanProperties::new(
             EquivalenceProperties::new(schema.clone()),
-            Partitioning::UnknownPartitioning(1),
+            Partitioning::UnknownPartitioning(parts.len().max(1)),
             EmissionType::Final,
             Boundedness::Bounded,
         ));
-        IvfTopKExec { spec, state, schema, properties, metrics: ExecutionPlanMetricsSet::new() }
+        IvfTopKExec { spec, parts, state, schema, properties, metrics: ExecutionPlanMetricsSet::new() }
     }
 
     pub fn spec(&self) -> &TopK {
         &self.spec
     }
+
+    pub fn parts(&self) -> &[Part] {
+        &self.parts
+    }
+}
+
+/// ` shards=N unindexed` where the table is sharded or has files without an index.
+fn fmt_parts(parts: &[Part], f: &mut fmt::Formatter) -> fmt::Result {
+    let shards = parts.iter().filter(|p| !p.exact).count();
+    if parts.len() > 1 || shards != parts.len() {
+        write!(f, " shards={shards}")?;
+    }
+    if shards != parts.len() {
+        write!(f, " unindexed_files=exact")?;
+    }
+    Ok(())
 }
 
 impl DisplayAs for IvfTopKExec {
     fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
-        write!(f, "IvfTopKExec: {}", self.spec)
+        write!(f, "IvfTopKExec: {}", self.spec)?;
+        fmt_parts(&self.parts, f)
     }
 }
 
@@ -152,16 +179,13 @@ impl ExecutionPlan for IvfTopKExec {
     }
 
     fn execute(&self, partition: usize, context: Arc<TaskContext>) -> Result<SendableRecordBatchStream> {
-        if partition != 0 {
-            return internal_err!("IvfTopKExec has one partition, asked for {partition}");
-        }
-        let run = Run {
-            spec: self.spec.clone(),
-            state: self.state.clone(),
-            context,
-            counts: Counts::new(&self.metrics),
-            io: Arc::new(TableIo::default()),
+        let Some(part) = self.parts.get(partition) else {
+            return match self.parts.is_empty() {
+                true => Ok(Box::pin(RecordBatchStreamAdapter::new(self.schema.clone(), futures::stream::empty()))),
+                false => internal_err!("IvfTopKExec has {} partitions, asked for {partition}", self.parts.len()),
+            };
         };
+        let run = Run::new(&self.spec, part, &self.state, context, &self.metrics);
         let batches = futures::stream::once(run.rows()).try_flatten();
         Ok(Box::pin(RecordBatchStreamAdapter::new(self.schema.clone(), batches)))
     }
@@ -180,6 +204,8 @@ struct Counts {
     bytes_mapped: Count,
     cache_hits: Count,
     candidates: Count,
+    indexed_rows: Count,
+    unindexed_rows: Count,
     base_rows_read: Count,
     rows_reranked: Count,
     table_gets: Count,
@@ -205,6 +231,8 @@ impl Counts {
             bytes_mapped: c("bytes_mapped"),
             cache_hits: c("cache_hits"),
             candidates: c("candidates"),
+            indexed_rows: c("indexed_rows"),
+            unindexed_rows: c("unindexed_rows"),
             base_rows_read: c("base_rows_read"),
             filter_time: MetricBuilder::new(metrics).subset_time("filter_time", 0),
             search_time: MetricBuilder::new(metrics).subset_time("search_time", 0),
@@ -237,6 +265,8 @@ impl Counts {
 
 struct Run {
     spec: TopK,
+    /// The part's rows are read whole: its files have no current index.
+    exact: bool,
     state: SessionState,
     context: Arc<TaskContext>,
     counts: Counts,
@@ -252,8 +282,24 @@ struct Candidates {
 }
 
 impl Run {
+    /// The search of `spec` in `part`.
+    fn new(spec: &TopK, part: &Part, state: &SessionState, context: Arc<TaskContext>, metrics: &ExecutionPlanMetricsSet) -> Run {
+        Run {
+            spec: TopK { table: part.table.clone(), ..spec.clone() },
+            exact: part.exact,
+            state: state.clone(),
+            context,
+            counts: Counts::new(metrics),
+            io: Arc::new(TableIo::default()),
+        }
+    }
+
     async fn rows(self) -> Result<Batches> {
+        if self.exact {
+            return self.brute_force().await;
+        }
         let spec = &self.spec;
+        self.counts.indexed_rows.add(spec.table.index_info().ntotal as usize);
         let allowed = match spec.filters.is_empty() {
             true => None,
             false => {
@@ -429,16 +475,22 @@ impl Run {
 
     /// Every row passing the filters.
     async fn brute_force(&self) -> Result<Batches> {
-        self.counts.brute_force.add(1);
+        if !self.exact {
+            self.counts.brute_force.add(1);
+        }
         let (plan, stream) = self.planned(&self.spec.projection, &self.spec.filters).await?;
-        let (read, reranked) = (self.counts.base_rows_read.clone(), self.counts.rows_reranked.clone());
+        let read = match self.exact {
+            true => vec![self.counts.base_rows_read.clone(), self.counts.unindexed_rows.clone()],
+            false => vec![self.counts.base_rows_read.clone()],
+        };
+        let reranked = self.counts.rows_reranked.clone();
         let stream = stream.map(move |batch| {
             let batch = batch?;
             reranked.add(batch.num_rows());
             Ok(batch)
         });
         let done = futures::stream::once(async move {
-            read.add(rows_scanned(&plan));
+            read.iter().for_each(|c| c.add(rows_scanned(&plan)));
             Ok::<_, DataFusionError>(None)
         });
         Ok(stream.map_ok(Some).chain(done).try_filter_map(|b| async move { Ok(b) }).boxed())

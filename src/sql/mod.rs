@@ -1,6 +1,8 @@
 //! The DataFusion layer: distance functions, the vector table (and its `STORED AS FAISS`
 //! factory), the top-k rewrite and its index-scan exec, and `faiss.*` settings.
 
+#[cfg(feature = "proto")]
+pub mod codec;
 mod config;
 mod exec;
 mod factory;
@@ -11,6 +13,7 @@ mod registry;
 mod rows;
 mod rule;
 mod search;
+pub mod shards;
 mod table;
 
 use std::sync::Arc;
@@ -43,16 +46,26 @@ pub fn register_all(ctx: &SessionContext) {
             next = next.with_optimizer_rule(rule);
         }
     }
-    let mut next = next.build();
-    // After the rebuild, which re-registers every function under each of its names: an
-    // alias of DataFusion's `inner_product` would otherwise bring it back over ours.
+    *state = next.build();
+    drop(state);
+    register_sql(ctx);
+}
+
+/// What a session needs to plan SQL naming the extension's functions and tables, without
+/// the rewrite and its planner: the distance functions, `faiss_search`, `STORED AS FAISS`
+/// and `faiss.*` settings. For a client whose plans are optimized and run elsewhere (a
+/// Ballista scheduler, which has [`register_all`]).
+pub fn register_sql(ctx: &SessionContext) {
+    let state = ctx.state_ref();
+    let mut state = state.write();
+    // After any rebuild of the state, which re-registers every function under each of its
+    // names: an alias of DataFusion's `inner_product` would otherwise bring it back over ours.
     for f in functions::all() {
-        next.register_udf(f).expect("SessionState::register_udf does not fail");
+        state.register_udf(f).expect("SessionState::register_udf does not fail");
     }
-    next.register_udtf("faiss_search", Arc::new(search::FaissSearch));
-    next.table_factories_mut().insert("FAISS".into(), Arc::new(FaissTableFactory));
-    if next.config().options().extensions.get::<FaissConfig>().is_none() {
-        next.config_mut().options_mut().extensions.insert(FaissConfig::default());
+    state.register_udtf("faiss_search", Arc::new(search::FaissSearch));
+    state.table_factories_mut().insert("FAISS".into(), Arc::new(FaissTableFactory));
+    if state.config().options().extensions.get::<FaissConfig>().is_none() {
+        state.config_mut().options_mut().extensions.insert(FaissConfig::default());
     }
-    *state = next;
 }

@@ -11,12 +11,14 @@ use datafusion::physical_plan::ExecutionPlan;
 
 use super::config::FaissConfig;
 use super::registry::{self, IndexLocation};
+use super::shards::ShardFolder;
 use crate::{IndexInfo, IvfIndex, Metric};
 
 /// How a base table's rows map to an index.
 #[derive(Debug, Clone)]
 pub struct VectorTableOptions {
-    /// URL (or local path) of the FAISS index file.
+    /// URL (or local path) of the FAISS index file; or, ending in `/`, of the folder of
+    /// one index per data file (`part-0.parquet` → `part-0.faiss`, see [`super::shards`]).
     pub index: String,
     /// Integer column holding the ids the index was built with; `None` when the ids are
     /// row positions (FAISS's own ids for `index.add(x)`, with `x` the table's vectors in
@@ -31,11 +33,14 @@ pub struct VectorTableOptions {
 
 /// A table whose SQL behaves exactly like its base table's; the top-k rewrite turns
 /// `ORDER BY <distance>(vector, [...]) LIMIT k` on it into an index scan.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct VectorTable {
     base: Arc<dyn TableProvider>,
     options: VectorTableOptions,
+    /// The index; for a table sharded by file, the first shard's (its dimension and
+    /// metric are every shard's).
     location: IndexLocation,
+    shards: Option<ShardFolder>,
     key: Option<usize>,
     vector: usize,
     info: IndexInfo,
@@ -76,7 +81,21 @@ impl VectorTable {
                 base.table_type()
             );
         }
-        let location = IndexLocation::resolve(&options.index, session.runtime_env())?;
+        let shards = match options.index.ends_with('/') {
+            true => {
+                if is_partitioned(base.as_ref()) {
+                    return plan_err!("a table sharded by file ('index' '{}') cannot have partition columns", options.index);
+                }
+                let url = datafusion::datasource::listing::ListingTableUrl::parse(&options.index)?;
+                let store = session.runtime_env().object_store(url.object_store())?;
+                Some(ShardFolder { url, store })
+            }
+            false => None,
+        };
+        let location = match &shards {
+            Some(folder) => folder.first(session.runtime_env()).await?,
+            None => IndexLocation::resolve(&options.index, session.runtime_env())?,
+        };
         let cache = FaissConfig::from_options(session.config_options()).cache_mb as u64 * 1024 * 1024;
         let index = registry::open_current(&location, cache).await.map_err(|e| index_error(&location, e))?;
         let info = index.info().clone();
@@ -94,7 +113,54 @@ impl VectorTable {
             DataType::List(item) | DataType::LargeList(item) if item.data_type() == &DataType::Float32 => {}
             other => return plan_err!("vector column '{}' must be a list of Float32, got {other}", options.vector),
         }
-        Ok(VectorTable { base, options, location, key, vector, info })
+        Ok(VectorTable { base, options, location, shards, key, vector, info })
+    }
+
+    /// The table described by a plan another process made (see `codec`), the index not
+    /// opened: `info` is what its header said there. `shard`: one shard of a sharded table.
+    #[cfg(feature = "proto")]
+    pub(crate) fn assemble(
+        base: Arc<dyn TableProvider>,
+        options: VectorTableOptions,
+        location: IndexLocation,
+        info: IndexInfo,
+        shard: bool,
+        runtime: &datafusion::execution::runtime_env::RuntimeEnv,
+    ) -> Result<VectorTable> {
+        let schema = base.schema();
+        let key = options.key.as_deref().map(|k| schema.index_of(k)).transpose()?;
+        let vector = schema.index_of(&options.vector)?;
+        let shards = match options.index.ends_with('/') && !shard {
+            true => {
+                let url = datafusion::datasource::listing::ListingTableUrl::parse(&options.index)?;
+                let store = runtime.object_store(url.object_store())?;
+                Some(ShardFolder { url, store })
+            }
+            false => None,
+        };
+        Ok(VectorTable { base, options, location, shards, key, vector, info })
+    }
+
+    /// One shard of a table sharded by file: `base` (some of its files) with the index at
+    /// `location`, which must search the same vectors the same way.
+    pub(crate) fn shard(&self, base: Arc<dyn TableProvider>, location: IndexLocation, info: IndexInfo) -> Result<VectorTable> {
+        if info.dimension != self.info.dimension || info.metric != self.info.metric {
+            return plan_err!(
+                "shard index {} has dimension {} / {:?}, the table's first shard {} has {} / {:?}",
+                location.as_str(),
+                info.dimension,
+                info.metric,
+                self.location.as_str(),
+                self.info.dimension,
+                self.info.metric
+            );
+        }
+        Ok(VectorTable { base, location, shards: None, info, ..self.clone() })
+    }
+
+    /// The folder of per-file indexes, for a table sharded by file.
+    pub(crate) fn shard_folder(&self) -> Option<&ShardFolder> {
+        self.shards.as_ref()
     }
 
     pub fn base(&self) -> &Arc<dyn TableProvider> {
@@ -145,6 +211,14 @@ impl VectorTable {
         }
         Ok(index)
     }
+}
+
+/// Whether `base` is a listing table with partition columns.
+fn is_partitioned(base: &dyn TableProvider) -> bool {
+    use datafusion::datasource::listing::ListingTable;
+    (base as &dyn std::any::Any)
+        .downcast_ref::<ListingTable>()
+        .is_some_and(|t| !t.options().table_partition_cols.is_empty())
 }
 
 /// Whether `base` reads Parquet files (where rows have positions).

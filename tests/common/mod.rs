@@ -11,6 +11,12 @@ use object_store::memory::InMemory;
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 
+/// The repository's top folder (the tests of every crate of the workspace share it).
+pub fn root() -> PathBuf {
+    let here = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    here.ancestors().find(|p| p.join("scripts/s3.sh").exists()).unwrap_or(&here).to_path_buf()
+}
+
 /// Deterministic clustered vectors: `n × d`, around `centers` random centres.
 pub fn clustered(n: usize, d: usize, centers: usize, seed: u64) -> Vec<f32> {
     let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
@@ -70,15 +76,31 @@ pub fn build_python(x: &[f32], d: usize, factory: &str, metric: Metric) -> Vec<u
 /// Index bytes written by pip's faiss-cpu (the newest release, in .work/venv): the FAISS
 /// most users write their files with.
 pub fn build_pip(x: &[f32], d: usize, factory: &str, metric: Metric) -> Vec<u8> {
-    write_with_python(&PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".work/venv/bin/python"), x, d, factory, metric)
+    write_with_python(&root().join(".work/venv/bin/python"), x, d, factory, metric)
+}
+
+/// Index bytes written by pip's faiss-cpu with `index.add(x)`: ids are row positions.
+pub fn build_pip_positions(x: &[f32], d: usize, factory: &str, metric: Metric) -> Vec<u8> {
+    write_with_python_as(&root().join(".work/venv/bin/python"), x, d, factory, metric, &["positions"])
 }
 
 fn write_with_python(python: &std::path::Path, x: &[f32], d: usize, factory: &str, metric: Metric) -> Vec<u8> {
+    write_with_python_as(python, x, d, factory, metric, &[])
+}
+
+fn write_with_python_as(
+    python: &std::path::Path,
+    x: &[f32],
+    d: usize,
+    factory: &str,
+    metric: Metric,
+    extra: &[&str],
+) -> Vec<u8> {
     let dir = tempfile::tempdir().unwrap();
     let vectors = dir.path().join("x.f32");
     let out = dir.path().join("index.faiss");
     std::fs::write(&vectors, x.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>()).unwrap();
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/python/write_index.py");
+    let script = root().join("tests/python/write_index.py");
     let metric = if metric == Metric::L2 { "l2" } else { "ip" };
     let status = Command::new(python)
         .args([
@@ -89,6 +111,7 @@ fn write_with_python(python: &std::path::Path, x: &[f32], d: usize, factory: &st
             metric.as_ref(),
             out.as_os_str(),
         ])
+        .args(extra)
         .status()
         .unwrap_or_else(|e| panic!("running {} (FAISS for Python): {e}: run scripts/setup.sh", python.display()));
     assert!(status.success(), "{} failed to write {factory}", python.display());
@@ -135,8 +158,8 @@ pub fn assert_same(ours: &SearchResult, reference: &(Vec<i64>, Vec<f32>), what: 
 /// A pyarrow-written table (tests/python/write_pyarrow.py) of `rows` rows in `files` files (one file: `OUT` is the file),
 /// with its vectors and ids in table order.
 pub fn pyarrow_table(out: &std::path::Path, rows: usize, d: usize, files: usize, seed: u64) -> (Vec<f32>, Vec<i64>) {
-    let python = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".work/venv/bin/python");
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/python/write_pyarrow.py");
+    let python = root().join(".work/venv/bin/python");
+    let script = root().join("tests/python/write_pyarrow.py");
     let status = Command::new(&python)
         .args([script.as_os_str(), out.as_os_str()])
         .args([rows.to_string(), d.to_string(), files.to_string(), seed.to_string()])
@@ -239,7 +262,7 @@ pub fn s3_bucket() -> String {
 }
 
 pub fn s3_var(name: &str) -> String {
-    let env_file = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".work/s3/env");
+    let env_file = root().join(".work/s3/env");
     let from_file = std::fs::read_to_string(&env_file).unwrap_or_default();
     std::env::var(name)
         .ok()

@@ -17,6 +17,8 @@ use crate::sql::knn::BATCH;
 
 pub struct IvfKnnExec {
     spec: TopK,
+    /// Each query batch is searched in every part and the rows joined.
+    parts: Vec<Part>,
     state: SessionState,
     input: Arc<dyn ExecutionPlan>,
     /// The query vector, over the input's rows.
@@ -28,24 +30,40 @@ pub struct IvfKnnExec {
 }
 
 impl IvfKnnExec {
-    pub(super) fn new(
-        node: &IvfKnnNode,
+    /// The join of `input`'s rows (query vector `query`) with their candidates in the
+    /// parts of `spec`'s table, the table's columns first when `vector_left`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        spec: TopK,
+        parts: Vec<Part>,
         input: Arc<dyn ExecutionPlan>,
         query: Arc<dyn PhysicalExpr>,
+        vector_left: bool,
+        schema: SchemaRef,
         state: SessionState,
     ) -> Self {
-        let schema: SchemaRef = Arc::new(node.schema.as_arrow().clone());
         let properties = properties(&schema, &input);
-        IvfKnnExec {
-            spec: node.spec.clone(),
-            state,
-            input,
-            query,
-            vector_left: node.vector_left,
-            schema,
-            properties,
-            metrics: ExecutionPlanMetricsSet::new(),
-        }
+        IvfKnnExec { spec, parts, state, input, query, vector_left, schema, properties, metrics: ExecutionPlanMetricsSet::new() }
+    }
+
+    pub fn spec(&self) -> &TopK {
+        &self.spec
+    }
+
+    pub fn parts(&self) -> &[Part] {
+        &self.parts
+    }
+
+    pub fn input(&self) -> &Arc<dyn ExecutionPlan> {
+        &self.input
+    }
+
+    pub fn query(&self) -> &Arc<dyn PhysicalExpr> {
+        &self.query
+    }
+
+    pub fn vector_left(&self) -> bool {
+        self.vector_left
     }
 }
 
@@ -67,7 +85,8 @@ impl fmt::Debug for IvfKnnExec {
 
 impl DisplayAs for IvfKnnExec {
     fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
-        write!(f, "IvfKnnExec: {} query={} batch={BATCH}", self.spec, self.query)
+        write!(f, "IvfKnnExec: {} query={} batch={BATCH}", self.spec, self.query)?;
+        fmt_parts(&self.parts, f)
     }
 }
 
@@ -93,16 +112,15 @@ impl ExecutionPlan for IvfKnnExec {
 
     fn with_new_children(self: Arc<Self>, children: Vec<Arc<dyn ExecutionPlan>>) -> Result<Arc<dyn ExecutionPlan>> {
         let [input] = children.as_slice() else { return internal_err!("IvfKnnExec has one child") };
-        Ok(Arc::new(IvfKnnExec {
-            spec: self.spec.clone(),
-            state: self.state.clone(),
-            input: input.clone(),
-            query: self.query.clone(),
-            vector_left: self.vector_left,
-            schema: self.schema.clone(),
-            properties: properties(&self.schema, input),
-            metrics: ExecutionPlanMetricsSet::new(),
-        }))
+        Ok(Arc::new(IvfKnnExec::new(
+            self.spec.clone(),
+            self.parts.clone(),
+            input.clone(),
+            self.query.clone(),
+            self.vector_left,
+            self.schema.clone(),
+            self.state.clone(),
+        )))
     }
 
     fn metrics(&self) -> Option<MetricsSet> {
@@ -112,29 +130,39 @@ impl ExecutionPlan for IvfKnnExec {
     fn execute(&self, partition: usize, context: Arc<TaskContext>) -> Result<SendableRecordBatchStream> {
         let input = self.input.execute(partition, context.clone())?;
         let metric = |name: &'static str| MetricBuilder::new(&self.metrics).global_counter(name);
-        let batches = Arc::new(Batches {
-            run: Run {
-                spec: self.spec.clone(),
-                state: self.state.clone(),
-                context,
-                counts: Counts::new(&self.metrics),
-                io: Arc::new(TableIo::default()),
-            },
-            query: self.query.clone(),
-            vector_left: self.vector_left,
-            schema: self.schema.clone(),
-            queries: metric("queries"),
-            searches: metric("batch_searches"),
-            alone: metric("searched_alone"),
-            allowed: tokio::sync::OnceCell::new(),
-            everything: tokio::sync::OnceCell::new(),
-        });
+        let (queries, searches, alone) = (metric("queries"), metric("batch_searches"), metric("searched_alone"));
+        let parts: Vec<Arc<Batches>> = self
+            .parts
+            .iter()
+            .enumerate()
+            .map(|(i, part)| {
+                Arc::new(Batches {
+                    run: Run::new(&self.spec, part, &self.state, context.clone(), &self.metrics),
+                    query: self.query.clone(),
+                    vector_left: self.vector_left,
+                    schema: self.schema.clone(),
+                    // Every part sees the same queries: counted once.
+                    queries: if i == 0 { queries.clone() } else { Count::new() },
+                    searches: searches.clone(),
+                    alone: alone.clone(),
+                    allowed: tokio::sync::OnceCell::new(),
+                    everything: tokio::sync::OnceCell::new(),
+                })
+            })
+            .collect();
+        let schema = self.schema.clone();
         let stream = query_batches(input)
             .map_ok(move |(first, queries)| {
-                let batches = batches.clone();
+                let (parts, schema) = (parts.clone(), schema.clone());
                 // A task each (aborted if the query is dropped): one batch looks up its
                 // rows while the next searches (on as many threads as partitions).
-                let task = SpawnedTask::spawn(async move { batches.join(first, &queries).await });
+                let task = SpawnedTask::spawn(async move {
+                    let mut joined = vec![];
+                    for part in &parts {
+                        joined.push(part.join(first, &queries).await?);
+                    }
+                    Ok::<_, DataFusionError>(concat_batches(&schema, &joined)?)
+                });
                 async move { task.join_unwind().await.map_err(|e| DataFusionError::External(e.into()))? }
             })
             .try_buffered(2)
@@ -240,9 +268,15 @@ impl Batches {
         // A NULL query vector has no nearest rows.
         let valid: Vec<usize> = (0..n).filter(|&i| vectors[i].is_some()).collect();
         self.queries.add(valid.len());
-        let allowed = self.allowed().await?;
         let spec = &self.run.spec;
-        let all = spec.brute_force(allowed.as_ref().map(|a| a.len()));
+        let (allowed, all) = match self.run.exact {
+            true => (None, true),
+            false => {
+                let allowed = self.allowed().await?;
+                let all = spec.brute_force(allowed.as_ref().map(|a| a.len()));
+                (allowed, all)
+            }
+        };
         // Per valid query, the rows (of `rows`) to join it with.
         let (rows, per_query): (RecordBatch, Vec<Vec<u32>>) = if valid.is_empty() {
             (RecordBatch::new_empty(Arc::new(spec.table.schema().project(&spec.projection)?)), vec![])

@@ -13,7 +13,8 @@ use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::{DataType, Int64Type};
 use datafusion::prelude::{ParquetReadOptions, SessionContext};
 use datafusion_faiss::{IvfIndexBuilder, Metric};
-use futures::StreamExt;
+use datafusion_faiss::sql::shards;
+use futures::{StreamExt, TryStreamExt};
 use indicatif::{HumanBytes, ProgressBar, ProgressStyle};
 use object_store::path::Path;
 use object_store::ObjectStoreExt;
@@ -56,6 +57,12 @@ pub struct BuildArgs {
     /// Seed of the training sample.
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// One index per Parquet file of --input (a folder): `part-0.parquet` gets
+    /// `<output>/part-0.faiss` and a sidecar `part-0.faiss.json` recording the file's
+    /// version; files whose index is up to date are skipped. Declare the table with
+    /// OPTIONS ('index' '<output>/').
+    #[arg(long, requires = "input", conflicts_with_all = ["query", "tables"])]
+    per_file: bool,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -70,6 +77,9 @@ pub enum MetricArg {
 const ADD_CHUNK: usize = 16_384;
 
 pub async fn run(args: BuildArgs) -> CliResult {
+    if args.per_file {
+        return per_file(args).await;
+    }
     let ctx = context()?;
     let out = Location::parse(&args.output)?;
     if let Some(input) = &args.input {
@@ -104,6 +114,79 @@ pub async fn run(args: BuildArgs) -> CliResult {
     Ok(())
 }
 
+/// `build --per-file`: an index and its sidecar per Parquet file of the input folder.
+async fn per_file(args: BuildArgs) -> CliResult {
+    let input = args.input.clone().expect("clap requires --input");
+    let folder = Location::parse(input.trim_end_matches('/'))?;
+    let out = Location::parse(args.output.trim_end_matches('/'))?;
+    let mut files: Vec<object_store::ObjectMeta> = folder
+        .store
+        .list(Some(&folder.path))
+        .try_collect::<Vec<_>>()
+        .await
+        .map_err(|e| format!("{input}: listing: {e}"))?
+        .into_iter()
+        .filter(|m| m.location.as_ref().ends_with(".parquet"))
+        .collect();
+    if files.is_empty() {
+        return Err(format!("{input}: no .parquet files to index").into());
+    }
+    files.sort_by(|a, b| a.location.cmp(&b.location));
+    let (mut built, mut skipped) = (0, 0);
+    for meta in files {
+        let relative: Vec<_> = meta.location.prefix_match(&folder.path).into_iter().flatten().collect();
+        let relative = relative.iter().map(|p| p.as_ref()).collect::<Vec<_>>().join("/");
+        let index = shards::shard_path(&out.path, &relative);
+        let sidecar = shards::sidecar_path(&index);
+        let file_url = format!("{}/{relative}", input.trim_end_matches('/'));
+        let index_url = format!("{}/{}", args.output.trim_end_matches('/'), shards::shard_path(&Path::default(), &relative));
+        if up_to_date(&out, &index, &sidecar, &meta).await {
+            println!("up to date  {index_url} (built from {file_url} as it is now)");
+            skipped += 1;
+            continue;
+        }
+        let ctx = context()?;
+        register_parquet(&ctx, "input", &file_url).await?;
+        let key = (!args.positions).then(|| args.key.clone());
+        if key.is_none() {
+            ctx.sql("SET datafusion.execution.target_partitions = 1").await?;
+        }
+        let query = match &key {
+            Some(key) => format!("SELECT \"{key}\", \"{}\" FROM input", args.vector),
+            None => format!("SELECT \"{}\" FROM input", args.vector),
+        };
+        let spec = Spec {
+            query,
+            key,
+            vector: args.vector.clone(),
+            factory: args.factory.clone(),
+            metric: args.metric,
+            train_size: args.train_size,
+            seed: args.seed,
+        };
+        let at = Location::parse(&index_url)?;
+        let rows = build(&ctx, &spec, &at).await.map_err(|e| format!("{file_url}: {e}"))?;
+        let source = shards::ShardSource::of(&meta, rows);
+        out.store
+            .put(&sidecar, source.to_json().into())
+            .await
+            .map_err(|e| format!("{index_url}.json: writing: {e}"))?;
+        built += 1;
+    }
+    println!("shards      {built} built, {skipped} up to date");
+    Ok(())
+}
+
+/// Whether `index` exists and its sidecar records `data` as it is now.
+async fn up_to_date(out: &Location, index: &Path, sidecar: &Path, data: &object_store::ObjectMeta) -> bool {
+    if out.store.head(index).await.is_err() {
+        return false;
+    }
+    let Ok(got) = out.store.get(sidecar).await else { return false };
+    let Ok(bytes) = got.bytes().await else { return false };
+    shards::ShardSource::from_json(&bytes, sidecar.as_ref()).is_ok_and(|s| s.matches(data))
+}
+
 /// What to index and how.
 pub struct Spec {
     pub query: String,
@@ -116,8 +199,9 @@ pub struct Spec {
     pub seed: u64,
 }
 
-/// Builds the index of `spec.query`'s rows, publishes it at `out` and prints a summary.
-pub async fn build(ctx: &SessionContext, spec: &Spec, out: &Location) -> CliResult {
+/// Builds the index of `spec.query`'s rows, publishes it at `out` and prints a summary;
+/// returns how many vectors it holds.
+pub async fn build(ctx: &SessionContext, spec: &Spec, out: &Location) -> CliResult<u64> {
     let started = Instant::now();
     let query = &spec.query;
     let cosine = matches!(spec.metric, MetricArg::Cosine);
@@ -219,7 +303,7 @@ pub async fn build(ctx: &SessionContext, spec: &Spec, out: &Location) -> CliResu
     if cosine {
         println!("note        vectors were normalised: declare the table with OPTIONS ('normalized' 'true') to rank by cosine_distance");
     }
-    Ok(())
+    Ok(n)
 }
 
 /// Writes the index under a temporary name next to `out`, then renames it into place, so

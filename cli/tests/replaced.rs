@@ -4,6 +4,7 @@
 //! rewritten in place, truncated, deleted; on local files and on S3. The new index is
 //! used (its nlist shows in `lists_probed`) or the query fails naming the file; the old,
 //! still mapped or cached index never answers.
+#[path = "../../tests/common/mod.rs"]
 mod common;
 
 use common::tables::Docs;

@@ -1,6 +1,7 @@
 //! The `datafusion-faiss` binary, run as a user runs it: build → inspect → sql on local
 //! files and on the S3 test server, the errors `build` must report, and the demo.
 
+#[path = "../../tests/common/mod.rs"]
 mod common;
 
 use std::path::Path as FsPath;

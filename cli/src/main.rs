@@ -1,11 +1,19 @@
 //! `datafusion-faiss`: build, inspect and search FAISS IVF indexes kept on object storage.
 
-mod cli;
+mod build;
+mod demo;
+mod inspect;
+mod query;
+mod sql;
+mod stores;
+
+use std::sync::OnceLock;
 
 use clap::{Parser, Subcommand};
+use stores::{context, parse_url, CliResult, Location};
 
 #[derive(Parser)]
-#[command(name = "datafusion-faiss", version = concat!(env!("CARGO_PKG_VERSION"), ", FAISS ", env!("DFF_FAISS_BUILD")), about)]
+#[command(name = "datafusion-faiss", version = version(), about)]
 struct Args {
     #[command(subcommand)]
     command: Command,
@@ -14,23 +22,29 @@ struct Args {
 #[derive(Subcommand)]
 enum Command {
     /// Train and fill an IVF index from a Parquet table or a SQL query and publish it.
-    Build(cli::build::BuildArgs),
+    Build(build::BuildArgs),
     /// The main job on local files: Fashion-MNIST as Parquet, indexed, queried by SQL.
-    Demo(cli::demo::DemoArgs),
+    Demo(demo::DemoArgs),
     /// Describe an index file, reading only its header.
-    Inspect(cli::inspect::InspectArgs),
+    Inspect(inspect::InspectArgs),
     /// Run SQL with the extension registered.
-    Sql(cli::query::SqlArgs),
+    Sql(query::SqlArgs),
+}
+
+/// This binary's version and the FAISS the library was linked with.
+fn version() -> &'static str {
+    static VERSION: OnceLock<String> = OnceLock::new();
+    VERSION.get_or_init(|| format!("{}, FAISS {}", env!("CARGO_PKG_VERSION"), datafusion_faiss::faiss_build()))
 }
 
 #[tokio::main]
 async fn main() {
     let args = Args::parse();
     let result = match args.command {
-        Command::Build(a) => cli::build::run(a).await,
-        Command::Demo(a) => cli::demo::run(a).await,
-        Command::Inspect(a) => cli::inspect::run(a).await,
-        Command::Sql(a) => cli::query::run(a).await,
+        Command::Build(a) => build::run(a).await,
+        Command::Demo(a) => demo::run(a).await,
+        Command::Inspect(a) => inspect::run(a).await,
+        Command::Sql(a) => query::run(a).await,
     };
     if let Err(e) = result {
         // One line, whatever the error's own layout.

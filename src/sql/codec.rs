@@ -1,0 +1,413 @@
+//! Vector tables and index scans as bytes, for engines that ship plans between processes
+//! (Ballista): a [`LogicalExtensionCodec`] for the table provider and a
+//! [`PhysicalExtensionCodec`] for [`IvfTopKExec`] and [`IvfKnnExec`], each handing every
+//! other node to the engine's own codec.
+//!
+//! An index is not opened by decoding: what planning needs of its header travels with the
+//! table, and the index is opened (header only, once per process) when a part is searched.
+
+use std::sync::Arc;
+
+use datafusion::arrow::datatypes::{Schema, SchemaRef};
+use datafusion::catalog::TableProvider;
+use datafusion::common::{internal_err, DataFusionError, Result, TableReference};
+use datafusion::datasource::{provider_as_source, source_as_provider};
+use datafusion::execution::session_state::SessionStateBuilder;
+use datafusion::execution::TaskContext;
+use datafusion::logical_expr::{AggregateUDF, Extension, LogicalPlan, LogicalPlanBuilder, ScalarUDF, WindowUDF};
+use datafusion::physical_plan::ExecutionPlan;
+use datafusion_proto::logical_plan::{from_proto::parse_expr, to_proto::serialize_expr};
+use datafusion_proto::logical_plan::{AsLogicalPlan, DefaultLogicalExtensionCodec, LogicalExtensionCodec};
+use datafusion_proto::physical_plan::{from_proto::parse_physical_expr, to_proto::serialize_physical_expr};
+use datafusion_proto::physical_plan::{PhysicalExtensionCodec, PhysicalProtoConverterExtension};
+use datafusion_proto::protobuf;
+use prost::Message;
+
+use super::exec::{IvfKnnExec, IvfTopKExec};
+use super::node::TopK;
+use super::registry::IndexLocation;
+use super::shards::Part;
+use super::table::{VectorTable, VectorTableOptions};
+use crate::{IndexInfo, Metric};
+
+/// Marks our payloads among the engine's.
+const MAGIC: &[u8; 4] = b"DFF1";
+
+#[derive(Clone, PartialEq, Message)]
+struct TableMsg {
+    /// A `LogicalPlanNode` scanning the base table.
+    #[prost(bytes = "vec", tag = "1")]
+    base: Vec<u8>,
+    #[prost(string, tag = "2")]
+    index: String,
+    #[prost(string, optional, tag = "3")]
+    key: Option<String>,
+    #[prost(string, tag = "4")]
+    vector: String,
+    #[prost(bool, tag = "5")]
+    normalized: bool,
+    /// The index searched (a shard's, or a sharded table's first).
+    #[prost(string, tag = "6")]
+    location: String,
+    #[prost(uint64, tag = "7")]
+    dimension: u64,
+    #[prost(bool, tag = "8")]
+    inner_product: bool,
+    #[prost(uint64, tag = "9")]
+    nlist: u64,
+    #[prost(uint64, tag = "10")]
+    ntotal: u64,
+    #[prost(uint64, tag = "11")]
+    code_size: u64,
+    #[prost(string, tag = "12")]
+    description: String,
+    #[prost(uint64, tag = "13")]
+    file_size: u64,
+    #[prost(uint64, tag = "14")]
+    lists_start: u64,
+    #[prost(uint64, tag = "15")]
+    lists_end: u64,
+    /// A shard of a sharded table, not the table.
+    #[prost(bool, tag = "16")]
+    shard: bool,
+}
+
+#[derive(Clone, PartialEq, Message)]
+struct PartMsg {
+    #[prost(message, optional, tag = "1")]
+    table: Option<TableMsg>,
+    #[prost(bool, tag = "2")]
+    exact: bool,
+}
+
+#[derive(Clone, PartialEq, Message)]
+struct ScanMsg {
+    #[prost(message, optional, tag = "1")]
+    table: Option<TableMsg>,
+    #[prost(string, tag = "2")]
+    table_name: String,
+    #[prost(uint64, repeated, tag = "3")]
+    projection: Vec<u64>,
+    /// `LogicalExprNode`s.
+    #[prost(bytes = "vec", repeated, tag = "4")]
+    filters: Vec<Vec<u8>>,
+    #[prost(float, repeated, tag = "5")]
+    query: Vec<f32>,
+    #[prost(uint64, tag = "6")]
+    k: u64,
+    #[prost(string, tag = "7")]
+    function: String,
+    #[prost(uint64, tag = "8")]
+    nprobe: u64,
+    #[prost(uint64, tag = "9")]
+    refine: u64,
+    #[prost(bool, tag = "10")]
+    vectors_from_index: bool,
+    #[prost(double, tag = "11")]
+    brute_force_fraction: f64,
+    #[prost(uint64, tag = "12")]
+    cache_bytes: u64,
+    #[prost(message, repeated, tag = "13")]
+    parts: Vec<PartMsg>,
+    /// The batch search: its query vector (a `PhysicalExprNode` over the input), which
+    /// side the table's columns are on, and its output schema (a `Schema`).
+    #[prost(bytes = "vec", optional, tag = "14")]
+    knn_query: Option<Vec<u8>>,
+    #[prost(bool, tag = "15")]
+    vector_left: bool,
+    #[prost(bytes = "vec", tag = "16")]
+    schema: Vec<u8>,
+}
+
+fn decode_err(e: prost::DecodeError) -> DataFusionError {
+    DataFusionError::Internal(format!("decoding a FAISS plan node: {e}"))
+}
+
+fn ours(buf: &[u8]) -> Option<&[u8]> {
+    buf.strip_prefix(MAGIC.as_slice())
+}
+
+fn framed(msg: &impl Message, buf: &mut Vec<u8>) {
+    buf.extend_from_slice(MAGIC);
+    msg.encode(buf).expect("a Vec grows");
+}
+
+fn encode_table(table: &VectorTable) -> Result<TableMsg> {
+    let scan = LogicalPlanBuilder::scan("base", provider_as_source(table.base().clone()), None)?.build()?;
+    let base = protobuf::LogicalPlanNode::try_from_logical_plan(&scan, &DefaultLogicalExtensionCodec {})?;
+    let options = table.options();
+    let info = table.index_info();
+    Ok(TableMsg {
+        base: base.encode_to_vec(),
+        index: options.index.clone(),
+        key: options.key.clone(),
+        vector: options.vector.clone(),
+        normalized: options.normalized,
+        location: table.location().as_str().to_string(),
+        dimension: info.dimension as u64,
+        inner_product: info.metric == Metric::InnerProduct,
+        nlist: info.nlist as u64,
+        ntotal: info.ntotal,
+        code_size: info.code_size as u64,
+        description: info.description.clone(),
+        file_size: info.file_size,
+        lists_start: info.lists.start,
+        lists_end: info.lists.end,
+        shard: table.shard_folder().is_none() && options.index.ends_with('/'),
+    })
+}
+
+fn decode_table(msg: &TableMsg, ctx: &TaskContext) -> Result<VectorTable> {
+    let base = protobuf::LogicalPlanNode::decode(msg.base.as_slice()).map_err(decode_err)?;
+    let LogicalPlan::TableScan(scan) = base.try_into_logical_plan(ctx, &DefaultLogicalExtensionCodec {})? else {
+        return internal_err!("a vector table's base is a table scan");
+    };
+    let base = source_as_provider(&scan.source)?;
+    let options = VectorTableOptions {
+        index: msg.index.clone(),
+        key: msg.key.clone(),
+        vector: msg.vector.clone(),
+        normalized: msg.normalized,
+    };
+    let info = IndexInfo {
+        dimension: msg.dimension as usize,
+        metric: if msg.inner_product { Metric::InnerProduct } else { Metric::L2 },
+        nlist: msg.nlist as usize,
+        ntotal: msg.ntotal,
+        code_size: msg.code_size as usize,
+        description: msg.description.clone(),
+        file_size: msg.file_size,
+        lists: msg.lists_start..msg.lists_end,
+    };
+    let location = IndexLocation::resolve(&msg.location, &ctx.runtime_env())?;
+    VectorTable::assemble(base, options, location, info, msg.shard, &ctx.runtime_env())
+}
+
+fn encode_scan(spec: &TopK, parts: &[Part], logical: &dyn LogicalExtensionCodec) -> Result<ScanMsg> {
+    let filters = spec.filters.iter().map(|f| Ok(serialize_expr(f, logical)?.encode_to_vec()));
+    let parts = parts.iter().map(|p| Ok(PartMsg { table: Some(encode_table(&p.table)?), exact: p.exact }));
+    Ok(ScanMsg {
+        table: Some(encode_table(&spec.table)?),
+        table_name: spec.table_name.to_string(),
+        projection: spec.projection.iter().map(|&c| c as u64).collect(),
+        filters: filters.collect::<Result<_>>()?,
+        query: spec.query.clone(),
+        k: spec.k as u64,
+        function: spec.function.clone(),
+        nprobe: spec.nprobe as u64,
+        refine: spec.refine as u64,
+        vectors_from_index: spec.vectors_from_index,
+        brute_force_fraction: spec.brute_force_fraction,
+        cache_bytes: spec.cache_bytes,
+        parts: parts.collect::<Result<_>>()?,
+        knn_query: None,
+        vector_left: false,
+        schema: vec![],
+    })
+}
+
+fn decode_scan(msg: &ScanMsg, ctx: &TaskContext, logical: &dyn LogicalExtensionCodec) -> Result<(TopK, Vec<Part>)> {
+    let table = |t: &Option<TableMsg>| match t {
+        Some(t) => Ok(Arc::new(decode_table(t, ctx)?)),
+        None => internal_err!("a FAISS plan node without its table"),
+    };
+    let filters = msg.filters.iter().map(|f| {
+        let node = protobuf::LogicalExprNode::decode(f.as_slice()).map_err(decode_err)?;
+        Ok(parse_expr(&node, ctx, logical)?)
+    });
+    let spec = TopK {
+        table: table(&msg.table)?,
+        table_name: TableReference::parse_str(&msg.table_name),
+        projection: msg.projection.iter().map(|&c| c as usize).collect(),
+        filters: filters.collect::<Result<_>>()?,
+        query: msg.query.clone(),
+        k: msg.k as usize,
+        function: msg.function.clone(),
+        nprobe: msg.nprobe as usize,
+        refine: msg.refine as usize,
+        vectors_from_index: msg.vectors_from_index,
+        brute_force_fraction: msg.brute_force_fraction,
+        cache_bytes: msg.cache_bytes,
+    };
+    let parts = msg.parts.iter().map(|p| Ok(Part { table: table(&p.table)?, exact: p.exact }));
+    Ok((spec, parts.collect::<Result<_>>()?))
+}
+
+/// A session for the base-table reads of a decoded scan: the task's settings, stores and
+/// functions.
+fn session(ctx: &TaskContext) -> datafusion::execution::context::SessionState {
+    SessionStateBuilder::new()
+        .with_config(ctx.session_config().clone())
+        .with_runtime_env(ctx.runtime_env())
+        .with_scalar_functions(ctx.scalar_functions().values().cloned().collect())
+        .with_aggregate_functions(ctx.aggregate_functions().values().cloned().collect())
+        .with_window_functions(ctx.window_functions().values().cloned().collect())
+        .build()
+}
+
+/// The logical codec: vector tables, and everything else by `inner`.
+#[derive(Debug)]
+pub struct FaissLogicalCodec {
+    inner: Arc<dyn LogicalExtensionCodec>,
+}
+
+impl FaissLogicalCodec {
+    pub fn new(inner: Arc<dyn LogicalExtensionCodec>) -> Self {
+        FaissLogicalCodec { inner }
+    }
+}
+
+impl LogicalExtensionCodec for FaissLogicalCodec {
+    fn try_decode(&self, buf: &[u8], inputs: &[LogicalPlan], ctx: &TaskContext) -> Result<Extension> {
+        self.inner.try_decode(buf, inputs, ctx)
+    }
+
+    fn try_encode(&self, node: &Extension, buf: &mut Vec<u8>) -> Result<()> {
+        self.inner.try_encode(node, buf)
+    }
+
+    fn try_decode_table_provider(
+        &self,
+        buf: &[u8],
+        table_ref: &TableReference,
+        schema: SchemaRef,
+        ctx: &TaskContext,
+    ) -> Result<Arc<dyn TableProvider>> {
+        match ours(buf) {
+            Some(buf) => Ok(Arc::new(decode_table(&TableMsg::decode(buf).map_err(decode_err)?, ctx)?)),
+            None => self.inner.try_decode_table_provider(buf, table_ref, schema, ctx),
+        }
+    }
+
+    fn try_encode_table_provider(
+        &self,
+        table_ref: &TableReference,
+        node: Arc<dyn TableProvider>,
+        buf: &mut Vec<u8>,
+    ) -> Result<()> {
+        match node.downcast_ref::<VectorTable>() {
+            Some(table) => Ok(framed(&encode_table(table)?, buf)),
+            None => self.inner.try_encode_table_provider(table_ref, node, buf),
+        }
+    }
+
+    fn try_decode_file_format(
+        &self,
+        buf: &[u8],
+        ctx: &TaskContext,
+    ) -> Result<Arc<dyn datafusion::datasource::file_format::FileFormatFactory>> {
+        self.inner.try_decode_file_format(buf, ctx)
+    }
+
+    fn try_encode_file_format(
+        &self,
+        buf: &mut Vec<u8>,
+        node: Arc<dyn datafusion::datasource::file_format::FileFormatFactory>,
+    ) -> Result<()> {
+        self.inner.try_encode_file_format(buf, node)
+    }
+
+    fn try_decode_udf(&self, name: &str, buf: &[u8]) -> Result<Arc<ScalarUDF>> {
+        self.inner.try_decode_udf(name, buf)
+    }
+
+    fn try_encode_udf(&self, node: &ScalarUDF, buf: &mut Vec<u8>) -> Result<()> {
+        self.inner.try_encode_udf(node, buf)
+    }
+
+    fn try_decode_udaf(&self, name: &str, buf: &[u8]) -> Result<Arc<AggregateUDF>> {
+        self.inner.try_decode_udaf(name, buf)
+    }
+
+    fn try_encode_udaf(&self, node: &AggregateUDF, buf: &mut Vec<u8>) -> Result<()> {
+        self.inner.try_encode_udaf(node, buf)
+    }
+
+    fn try_decode_udwf(&self, name: &str, buf: &[u8]) -> Result<Arc<WindowUDF>> {
+        self.inner.try_decode_udwf(name, buf)
+    }
+
+    fn try_encode_udwf(&self, node: &WindowUDF, buf: &mut Vec<u8>) -> Result<()> {
+        self.inner.try_encode_udwf(node, buf)
+    }
+}
+
+/// The physical codec: the index scan and the batch search, and everything else by `inner`.
+#[derive(Debug)]
+pub struct FaissPhysicalCodec {
+    inner: Arc<dyn PhysicalExtensionCodec>,
+}
+
+impl FaissPhysicalCodec {
+    pub fn new(inner: Arc<dyn PhysicalExtensionCodec>) -> Self {
+        FaissPhysicalCodec { inner }
+    }
+}
+
+impl PhysicalExtensionCodec for FaissPhysicalCodec {
+    fn try_decode(
+        &self,
+        buf: &[u8],
+        inputs: &[Arc<dyn ExecutionPlan>],
+        ctx: &TaskContext,
+        proto_converter: &dyn PhysicalProtoConverterExtension,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        let Some(buf) = ours(buf) else { return self.inner.try_decode(buf, inputs, ctx, proto_converter) };
+        let msg = ScanMsg::decode(buf).map_err(decode_err)?;
+        let (spec, parts) = decode_scan(&msg, ctx, &DefaultLogicalExtensionCodec {})?;
+        let Some(query) = &msg.knn_query else {
+            return Ok(Arc::new(IvfTopKExec::new(spec, parts, session(ctx))));
+        };
+        let [input] = inputs else { return internal_err!("IvfKnnExec has one input") };
+        let query = protobuf::PhysicalExprNode::decode(query.as_slice()).map_err(decode_err)?;
+        let query = parse_physical_expr(&query, ctx, &input.schema(), self)?;
+        let schema = protobuf::Schema::decode(msg.schema.as_slice()).map_err(decode_err)?;
+        let schema = Arc::new(Schema::try_from(&schema)?);
+        let exec = IvfKnnExec::new(spec, parts, input.clone(), query, msg.vector_left, schema, session(ctx));
+        Ok(Arc::new(exec))
+    }
+
+    fn try_encode(
+        &self,
+        node: Arc<dyn ExecutionPlan>,
+        buf: &mut Vec<u8>,
+        proto_converter: &dyn PhysicalProtoConverterExtension,
+    ) -> Result<()> {
+        let logical = DefaultLogicalExtensionCodec {};
+        if let Some(scan) = node.downcast_ref::<IvfTopKExec>() {
+            return Ok(framed(&encode_scan(scan.spec(), scan.parts(), &logical)?, buf));
+        }
+        if let Some(knn) = node.downcast_ref::<IvfKnnExec>() {
+            let mut msg = encode_scan(knn.spec(), knn.parts(), &logical)?;
+            msg.knn_query = Some(serialize_physical_expr(knn.query(), self)?.encode_to_vec());
+            msg.vector_left = knn.vector_left();
+            msg.schema = protobuf::Schema::try_from(knn.schema().as_ref())?.encode_to_vec();
+            return Ok(framed(&msg, buf));
+        }
+        self.inner.try_encode(node, buf, proto_converter)
+    }
+
+    fn try_decode_udf(&self, name: &str, buf: &[u8]) -> Result<Arc<ScalarUDF>> {
+        self.inner.try_decode_udf(name, buf)
+    }
+
+    fn try_encode_udf(&self, node: &ScalarUDF, buf: &mut Vec<u8>) -> Result<()> {
+        self.inner.try_encode_udf(node, buf)
+    }
+
+    fn try_decode_udaf(&self, name: &str, buf: &[u8]) -> Result<Arc<AggregateUDF>> {
+        self.inner.try_decode_udaf(name, buf)
+    }
+
+    fn try_encode_udaf(&self, node: &AggregateUDF, buf: &mut Vec<u8>) -> Result<()> {
+        self.inner.try_encode_udaf(node, buf)
+    }
+
+    fn try_decode_udwf(&self, name: &str, buf: &[u8]) -> Result<Arc<WindowUDF>> {
+        self.inner.try_decode_udwf(name, buf)
+    }
+
+    fn try_encode_udwf(&self, node: &WindowUDF, buf: &mut Vec<u8>) -> Result<()> {
+        self.inner.try_encode_udwf(node, buf)
+    }
+}
