@@ -7,4 +7,4 @@ cd "$(dirname "$0")/.."
 scripts/setup.sh
 scripts/s3.sh start
 trap 'scripts/s3.sh stop' EXIT
-cargo test --all-targets "$@"
+cargo test --workspace --all-targets "$@"

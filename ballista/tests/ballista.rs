@@ -49,6 +49,7 @@ async fn sharded_table_through_ballista_equals_the_local_plan() {
         store.put(&prefix.clone().join(format!("part-{f:02}.faiss").as_str()), PutPayload::from(bytes)).await.unwrap();
     }
     let location = format!("s3://{}/{prefix}/", s3_bucket());
+
     let create = format!(
         "CREATE EXTERNAL TABLE docs STORED AS FAISS LOCATION '{location}' OPTIONS ('index' '{location}', 'vector' 'embedding')"
     );
@@ -69,8 +70,8 @@ async fn sharded_table_through_ballista_equals_the_local_plan() {
     let cluster = Cluster::start(2, &env);
     let remote = cluster.client().await;
 
-    for ctx in [&local, &remote] {
-        ctx.sql(&create).await.unwrap().collect().await.unwrap();
+    for (ctx, name) in [(&local, "local"), (&remote, "Ballista")] {
+        ctx.sql(&create).await.unwrap_or_else(|e| panic!("{name}: {e}")).collect().await.unwrap();
         ctx.sql("SET faiss.nprobe = 8").await.unwrap().collect().await.unwrap();
     }
     let plan = text(&local, &format!("EXPLAIN SELECT id FROM docs ORDER BY vec_distance(embedding, {}) LIMIT 3", query(0))).await;

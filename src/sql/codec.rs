@@ -355,10 +355,10 @@ impl PhysicalExtensionCodec for FaissPhysicalCodec {
         let Some(buf) = ours(buf) else { return self.inner.try_decode(buf, inputs, ctx, proto_converter) };
         let msg = ScanMsg::decode(buf).map_err(decode_err)?;
         let (spec, parts) = decode_scan(&msg, ctx, &DefaultLogicalExtensionCodec {})?;
+        let [input] = inputs else { return internal_err!("a FAISS plan node has one input") };
         let Some(query) = &msg.knn_query else {
-            return Ok(Arc::new(IvfTopKExec::new(spec, parts, session(ctx))));
+            return Ok(Arc::new(IvfTopKExec::with_numbers(spec, parts, input.clone(), session(ctx))));
         };
-        let [input] = inputs else { return internal_err!("IvfKnnExec has one input") };
         let query = protobuf::PhysicalExprNode::decode(query.as_slice()).map_err(decode_err)?;
         let query = parse_physical_expr(&query, ctx, &input.schema(), self)?;
         let schema = protobuf::Schema::decode(msg.schema.as_slice()).map_err(decode_err)?;

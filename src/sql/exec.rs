@@ -80,7 +80,7 @@ impl ExtensionPlanner for FaissPlanner {
         }
         let Some(node) = node.as_any().downcast_ref::<IvfTopKNode>() else { return Ok(None) };
         let parts = shards::parts(&node.spec.table, state, node.spec.cache_bytes).await?;
-        Ok(Some(Arc::new(IvfTopKExec::new(node.spec.clone(), parts, state.clone()))))
+        Ok(Some(Arc::new(IvfTopKExec::new(node.spec.clone(), parts, state.clone())?)))
     }
 }
 
@@ -91,6 +91,10 @@ impl ExtensionPlanner for FaissPlanner {
 pub struct IvfTopKExec {
     spec: TopK,
     parts: Vec<Part>,
+    /// Partition `i` of this yields the numbers of the parts partition `i` searches (`i`
+    /// itself): a distributed engine that gives a task some partitions restricts this
+    /// ordinary source (Ballista does), and the task then searches just those parts.
+    numbers: Arc<dyn ExecutionPlan>,
     /// Plans the base-table scans at run time; the candidate keys are known only then.
     state: SessionState,
     schema: SchemaRef,
@@ -107,16 +111,22 @@ impl fmt::Debug for IvfTopKExec {
 impl IvfTopKExec {
     /// The scan of `spec` over `parts` (see [`shards::parts`]), planning its reads of the
     /// base table in `state`.
-    pub fn new(spec: TopK, parts: Vec<Part>, state: SessionState) -> Self {
+    pub fn new(spec: TopK, parts: Vec<Part>, state: SessionState) -> Result<Self> {
+        let numbers = part_numbers(parts.len())?;
+        Ok(Self::with_numbers(spec, parts, numbers, state))
+    }
+
+    /// With `numbers` as made by [`new`](Self::new), or restricted since.
+    pub fn with_numbers(spec: TopK, parts: Vec<Part>, numbers: Arc<dyn ExecutionPlan>, state: SessionState) -> Self {
         let schema =
             Arc::new(spec.table.schema().project(&spec.projection).expect("projection of the scan it replaced"));
         let properties = Arc::new(PlanProperties::new(
             EquivalenceProperties::new(schema.clone()),
-            Partitioning::UnknownPartitioning(parts.len().max(1)),
+            Partitioning::UnknownPartitioning(numbers.properties().output_partitioning().partition_count()),
             EmissionType::Final,
             Boundedness::Bounded,
         ));
-        IvfTopKExec { spec, parts, state, schema, properties, metrics: ExecutionPlanMetricsSet::new() }
+        IvfTopKExec { spec, parts, numbers, state, schema, properties, metrics: ExecutionPlanMetricsSet::new() }
     }
 
     pub fn spec(&self) -> &TopK {
@@ -126,6 +136,18 @@ impl IvfTopKExec {
     pub fn parts(&self) -> &[Part] {
         &self.parts
     }
+}
+
+/// A source of `n` partitions, partition `i` one row holding `i`.
+fn part_numbers(n: usize) -> Result<Arc<dyn ExecutionPlan>> {
+    use datafusion::arrow::array::UInt32Array;
+    use datafusion::arrow::datatypes::{Field, Schema};
+    use datafusion::datasource::memory::MemorySourceConfig;
+    let schema = Arc::new(Schema::new(vec![Field::new("part", DataType::UInt32, false)]));
+    let partitions = (0..n as u32)
+        .map(|i| Ok(vec![RecordBatch::try_new(schema.clone(), vec![Arc::new(UInt32Array::from(vec![i]))])?]))
+        .collect::<Result<Vec<_>>>()?;
+    Ok(MemorySourceConfig::try_new_exec(&partitions, schema, None)?)
 }
 
 /// ` shards=N unindexed` where the table is sharded or has files without an index.
@@ -157,7 +179,11 @@ impl ExecutionPlan for IvfTopKExec {
     }
 
     fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
-        vec![]
+        vec![&self.numbers]
+    }
+
+    fn benefits_from_input_partitioning(&self) -> Vec<bool> {
+        vec![false]
     }
 
     fn apply_expressions(
@@ -168,10 +194,9 @@ impl ExecutionPlan for IvfTopKExec {
     }
 
     fn with_new_children(self: Arc<Self>, children: Vec<Arc<dyn ExecutionPlan>>) -> Result<Arc<dyn ExecutionPlan>> {
-        if !children.is_empty() {
-            return internal_err!("IvfTopKExec has no children");
-        }
-        Ok(self)
+        let [numbers] = children.as_slice() else { return internal_err!("IvfTopKExec has one child") };
+        let (spec, parts, state) = (self.spec.clone(), self.parts.clone(), self.state.clone());
+        Ok(Arc::new(IvfTopKExec::with_numbers(spec, parts, numbers.clone(), state)))
     }
 
     fn metrics(&self) -> Option<MetricsSet> {
@@ -179,14 +204,20 @@ impl ExecutionPlan for IvfTopKExec {
     }
 
     fn execute(&self, partition: usize, context: Arc<TaskContext>) -> Result<SendableRecordBatchStream> {
-        let Some(part) = self.parts.get(partition) else {
-            return match self.parts.is_empty() {
-                true => Ok(Box::pin(RecordBatchStreamAdapter::new(self.schema.clone(), futures::stream::empty()))),
-                false => internal_err!("IvfTopKExec has {} partitions, asked for {partition}", self.parts.len()),
-            };
-        };
-        let run = Run::new(&self.spec, part, &self.state, context, &self.metrics);
-        let batches = futures::stream::once(run.rows()).try_flatten();
+        let numbers = self.numbers.execute(partition, context.clone())?;
+        let (spec, parts, state, metrics) = (self.spec.clone(), self.parts.clone(), self.state.clone(), self.metrics.clone());
+        let runs = numbers.map_ok(move |batch| {
+            let numbers: Vec<u32> = batch.column(0).as_primitive::<datafusion::arrow::datatypes::UInt32Type>().values().to_vec();
+            let runs: Vec<Result<Run>> = numbers
+                .into_iter()
+                .map(|p| match parts.get(p as usize) {
+                    Some(part) => Ok(Run::new(&spec, part, &state, context.clone(), &metrics)),
+                    None => internal_err!("IvfTopKExec has {} parts, asked for part {p}", parts.len()),
+                })
+                .collect();
+            futures::stream::iter(runs)
+        });
+        let batches = runs.try_flatten().and_then(|run| run.rows()).try_flatten();
         Ok(Box::pin(RecordBatchStreamAdapter::new(self.schema.clone(), batches)))
     }
 }

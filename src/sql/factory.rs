@@ -6,7 +6,9 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use datafusion::catalog::{Session, TableProvider, TableProviderFactory};
 use datafusion::common::{plan_err, Result};
+use datafusion::datasource::listing::{ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl};
 use datafusion::datasource::listing_table_factory::ListingTableFactory;
+use datafusion::execution::context::SessionState;
 use datafusion::logical_expr::CreateExternalTable;
 
 use super::table::{VectorTable, VectorTableOptions};
@@ -47,7 +49,12 @@ impl TableProviderFactory for FaissTableFactory {
             vector: get("vector")?,
             normalized,
         };
-        let base = ListingTableFactory::new().create(state, &base_cmd).await.map_err(|e| {
+        let folder = base_cmd.locations.len() == 1 && base_cmd.locations[0].ends_with('/');
+        let base = match folder && cmd.table_partition_cols.is_empty() && cmd.schema.fields().is_empty() {
+            true => parquet_folder(state, &base_cmd).await,
+            false => ListingTableFactory::new().create(state, &base_cmd).await,
+        };
+        let base = base.map_err(|e| {
             e.context(format!(
                 "STORED AS FAISS table '{}': base Parquet table (known options: {}, and Parquet format.* options)",
                 cmd.name,
@@ -56,4 +63,20 @@ impl TableProviderFactory for FaissTableFactory {
         })?;
         Ok(Arc::new(VectorTable::try_new(state, base, options).await?))
     }
+}
+
+/// The Parquet files of the folder `cmd` names. DataFusion's own factory reads every file of
+/// a folder whatever its name; the folder may hold the indexes too (one per data file).
+async fn parquet_folder(state: &dyn Session, cmd: &CreateExternalTable) -> Result<Arc<dyn TableProvider>> {
+    let Some(state) = state.as_any().downcast_ref::<SessionState>() else {
+        return plan_err!("STORED AS FAISS needs a SessionState");
+    };
+    let Some(factory) = state.get_file_format_factory("parquet") else {
+        return plan_err!("no Parquet format registered");
+    };
+    let format = factory.create(state, &cmd.options)?;
+    let url = ListingTableUrl::parse(&cmd.locations[0])?;
+    let options = ListingOptions::new(format).with_file_extension(".parquet");
+    let config = ListingTableConfig::new(url).with_listing_options(options).infer_schema(state).await?;
+    Ok(Arc::new(ListingTable::try_new(config)?))
 }
