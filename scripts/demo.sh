@@ -5,4 +5,4 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 [ -f "$HOME/.cargo/env" ] && . "$HOME/.cargo/env"
 scripts/setup.sh
-cargo run --release --quiet -- demo "$@"
+cargo run --release --quiet -p datafusion-faiss-cli -- demo "$@"
