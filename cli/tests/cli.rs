@@ -310,3 +310,44 @@ fn positions_index_of_a_pyarrow_folder() {
     assert_eq!(ids(&indexed).len(), 10, "{indexed}");
     assert_eq!(ids(&indexed), ids(&exact));
 }
+
+/// `build --per-file` on a pyarrow folder: an index and a sidecar per file, up-to-date
+/// files skipped on the next run, a rewritten file rebuilt; the sharded table's index plan
+/// equals the exact plan.
+#[test]
+fn per_file_shards_of_a_pyarrow_folder() {
+    let dir = tempfile::tempdir().unwrap();
+    let folder = dir.path().join("docs");
+    let (x, _) = common::pyarrow_table(&folder, 6_000, 16, 3, 5);
+    let table = format!("{}/", folder.display());
+    let build = ["build", "--input", &table, "--per-file", "--positions", "--factory", "IVF8,Flat", "--output", &table];
+    let first = ok(&build, &[]);
+    assert!(first.contains("shards      3 built, 0 up to date"), "{first}");
+    for f in 0..3 {
+        let sidecar = std::fs::read_to_string(folder.join(format!("part-{f:02}.faiss.json"))).unwrap();
+        let source: serde_json::Value = serde_json::from_str(&sidecar).unwrap();
+        assert_eq!(source["rows"], 2000, "{sidecar}");
+        assert!(source["path"].as_str().unwrap().ends_with(&format!("part-{f:02}.parquet")), "{sidecar}");
+    }
+    let again = ok(&build, &[]);
+    assert!(again.contains("shards      0 built, 3 up to date"), "{again}");
+    // Rewritten (same bytes, a new date): its sidecar no longer matches, so it is rebuilt.
+    let part = folder.join("part-01.parquet");
+    let bytes = std::fs::read(&part).unwrap();
+    std::fs::remove_file(&part).unwrap();
+    std::fs::write(&part, bytes).unwrap();
+    let after = ok(&build, &[]);
+    assert!(after.contains("shards      1 built, 2 up to date"), "{after}");
+
+    let ddl = format!(
+        "CREATE EXTERNAL TABLE docs STORED AS FAISS LOCATION '{table}' OPTIONS ('index' '{table}', 'vector' 'embedding')"
+    );
+    let q: Vec<String> = x[700 * 16..701 * 16].iter().map(|v| v.to_string()).collect();
+    let select = format!("SELECT id, title FROM docs ORDER BY vec_distance(embedding, '[{}]'), id LIMIT 10", q.join(", "));
+    let explain = ok(&["sql", "-c", &ddl, "-c", &format!("EXPLAIN {select}")], &[]);
+    assert!(explain.contains("shards=3"), "{explain}");
+    let indexed = ok(&["sql", "-c", &ddl, "-c", "SET faiss.nprobe = 8", "-c", &select], &[]);
+    let exact = ok(&["sql", "-c", &ddl, "-c", "SET faiss.enabled = false", "-c", &select], &[]);
+    assert_eq!(ids(&indexed).len(), 10, "{indexed}");
+    assert_eq!(ids(&indexed), ids(&exact));
+}
