@@ -73,16 +73,6 @@ impl Listed {
         Ok(Some(Listed { store, scan: scan.clone(), parquet: parquet.clone(), files }))
     }
 
-    /// The files, in position order.
-    pub fn files(&self) -> &[PartitionedFile] {
-        &self.files
-    }
-
-    /// The URL of a listed file.
-    pub fn url_of(&self, meta: &object_store::ObjectMeta) -> String {
-        format!("{}{}", self.scan.object_store_url.as_str(), meta.location)
-    }
-
     /// The footer of every file, from the cache or read.
     pub async fn locate(self, io: &Arc<TableIo>) -> Result<Located> {
         let metas: Vec<object_store::ObjectMeta> = self.files.iter().map(|f| f.object_meta.clone()).collect();
