@@ -101,7 +101,7 @@ fn user_build(dir: String) -> Result<Faiss, String> {
 }
 
 fn from_source() -> Result<Faiss, String> {
-    let source = source_dir()?;
+    let (source, origin) = source_dir()?;
     let version = version(&source)?;
     let level = match env::var("FAISS_OPT_LEVEL") {
         Ok(l) => l,
@@ -134,7 +134,8 @@ fn from_source() -> Result<Faiss, String> {
         "-DCMAKE_BUILD_TYPE=Release".into(),
     ];
     // What the library was built from: a different source, option or compiler rebuilds it.
-    let stamp = format!("{}\n{}\n{}\n", source.display(), configure.join(" "), compiler_version());
+    // The source crate is named, not its path, which changes with the Cargo home.
+    let stamp = format!("{origin}\n{}\n{}\n", configure.join(" "), compiler_version());
     let lib_file = build.join("faiss").join(format!("lib{lib}.a"));
 
     fs::create_dir_all(&cache).map_err(|e| format!("cannot create {}: {e}", cache.display()))?;
@@ -157,20 +158,40 @@ fn from_source() -> Result<Faiss, String> {
 
 /// The FAISS source: `FAISS_SOURCE_DIR`, or the `faiss/` folder of the source crate as
 /// Cargo extracted it (Cargo downloads build dependencies before running this script).
-fn source_dir() -> Result<PathBuf, String> {
+///
+/// Cargo does not tell a build script where its build dependencies are, so we ask it
+/// about a throwaway package with the source crate as its only dependency. Asking about
+/// our own workspace would resolve every crate of it, dev-dependencies included, which a
+/// build of one binary never downloaded: `--offline` fails on a new machine.
+/// Returns the folder and what names it in the build's stamp.
+fn source_dir() -> Result<(PathBuf, String), String> {
     if let Ok(dir) = env::var("FAISS_SOURCE_DIR") {
-        return Ok(dir.into());
+        return Ok((dir.clone().into(), dir));
     }
     let (name, version) = SOURCE_CRATE;
+    let probe = PathBuf::from(env::var("OUT_DIR").unwrap()).join("source-probe");
+    fs::create_dir_all(probe.join("src")).map_err(|e| format!("cannot create {}: {e}", probe.display()))?;
+    let manifest = format!(
+        "[package]\nname = \"faiss-source-probe\"\nversion = \"0.0.0\"\nedition = \"2021\"\n\n\
+         [dependencies]\n{name} = {{ version = \"={version}\", default-features = false }}\n\n\
+         # Not a member of the workspace this folder sits in.\n[workspace]\n"
+    );
+    for (file, text) in [("Cargo.toml", manifest.as_str()), ("src/lib.rs", "")] {
+        fs::write(probe.join(file), text).map_err(|e| format!("{}: {e}", probe.join(file).display()))?;
+    }
     let cargo = env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let out = Command::new(cargo)
-        .args(["metadata", "--format-version", "1", "--offline", "--filter-platform"])
-        .arg(env::var("TARGET").unwrap())
-        .current_dir(env::var("CARGO_MANIFEST_DIR").unwrap())
+        .args(["metadata", "--format-version", "1", "--offline", "--manifest-path"])
+        .arg(probe.join("Cargo.toml"))
+        .current_dir(&probe)
         .output()
         .map_err(|e| format!("cannot run cargo metadata: {e}"))?;
     if !out.status.success() {
-        return Err(format!("cargo metadata failed: {}", String::from_utf8_lossy(&out.stderr)));
+        return Err(format!(
+            "cannot find the FAISS source ({name} {version}, a build dependency): cargo metadata failed: {}\n\
+             (set FAISS_SOURCE_DIR to a FAISS source tree to skip this look-up)",
+            String::from_utf8_lossy(&out.stderr)
+        ));
     }
     let meta: serde_json::Value =
         serde_json::from_slice(&out.stdout).map_err(|e| format!("cargo metadata printed no JSON: {e}"))?;
@@ -181,7 +202,7 @@ fn source_dir() -> Result<PathBuf, String> {
         .find(|p| p["name"] == name && p["version"] == version)
         .and_then(|p| p["manifest_path"].as_str())
         .ok_or_else(|| format!("{name} {version} is not among the packages Cargo resolved"))?;
-    Ok(Path::new(manifest).parent().unwrap().join("faiss"))
+    Ok((Path::new(manifest).parent().unwrap().join("faiss"), format!("{name} {version}")))
 }
 
 /// FAISS's version, from `project(faiss VERSION x.y.z` in its CMakeLists.txt.

@@ -12,6 +12,7 @@
 #include <typeinfo>
 
 #include <faiss/IndexFlat.h>
+#include <faiss/IndexHNSW.h>
 #include <faiss/IndexIDMap.h>
 #include <faiss/IndexIVF.h>
 #include <faiss/IndexIVFFlat.h>
@@ -230,7 +231,17 @@ Unwrapped unwrap(const faiss::Index* index) {
     if (ivf && (t == typeid(faiss::IndexIVFFlat) || t == typeid(faiss::IndexIVFScalarQuantizer) ||
                 t == typeid(faiss::IndexIVFPQ) || t == typeid(faiss::IndexIVFRaBitQ))) {
         u.ivf = ivf;
-        parts.push_back("IVF" + std::to_string(ivf->nlist));
+        std::string ivf_part = "IVF" + std::to_string(ivf->nlist);
+        // The quantizers the header check reads field by field (src/index/format.rs).
+        const std::type_info& q = typeid(*ivf->quantizer);
+        if (q == typeid(faiss::IndexHNSWFlat)) {
+            auto* hnsw = static_cast<const faiss::IndexHNSWFlat*>(ivf->quantizer);
+            ivf_part += "_HNSW" + std::to_string(hnsw->hnsw.nb_neighbors(1));
+        } else if (q != typeid(faiss::IndexFlat) && q != typeid(faiss::IndexFlatL2) &&
+                   q != typeid(faiss::IndexFlatIP)) {
+            u.unsupported = "IVF with coarse quantizer " + type_name(*ivf->quantizer);
+        }
+        parts.push_back(ivf_part);
         if (auto* sq = dynamic_cast<const faiss::IndexIVFScalarQuantizer*>(ivf)) {
             parts.push_back(describe_sq(sq->sq.qtype));
         } else if (auto* pq = dynamic_cast<const faiss::IndexIVFPQ*>(ivf)) {

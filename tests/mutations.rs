@@ -122,6 +122,9 @@ async fn mutated_files_never_crash() {
         .push(("IDMap2,PCA8,IVF8,PQ4x4 (python)", build_python(&x, D, "IDMap2,PCA8,IVF8,PQ4x4", Metric::InnerProduct)));
     // The writer most users have: pip's faiss-cpu.
     seeds.push(("IDMap2,IVF8,RaBitQ (pip)", build_pip(&x, D, "IDMap2,IVF8,RaBitQ", Metric::InnerProduct)));
+    // HNSW coarse quantizers, as FAISS's guidelines build large-nlist indexes.
+    seeds.push(("IVF8_HNSW4,Flat (pip)", build_pip(&x, D, "IVF8_HNSW4,Flat", Metric::L2)));
+    seeds.push(("IDMap2,IVF8_HNSW2,SQ8 (pip)", build_pip(&x, D, "IDMap2,IVF8_HNSW2,SQ8", Metric::InnerProduct)));
 
     let mut mutants = Vec::new();
     for (name, bytes) in &seeds {
@@ -287,6 +290,7 @@ fn mutate(seed: &'static str, bytes: &[u8]) -> Vec<Mutant> {
             fields.extend([q + 8, q + 37, q + 41, q + 45, q + 53]);
         }
     }
+    fields.extend(hnsw_fields(bytes));
     if len > data_start + 8 {
         let data_end = len.saturating_sub(8 + 8 * 600).max(data_start);
         fields.extend([data_end, len - 8]);
@@ -320,6 +324,28 @@ fn mutate(seed: &'static str, bytes: &[u8]) -> Vec<Mutant> {
         push(format!("truncated to {cut} bytes"), bytes[..cut.min(len)].to_vec());
     }
     out
+}
+
+/// Where an HNSW quantizer's fields are: every vector's count, the first, middle and
+/// last elements of its level table, offsets and neighbours, and the entry point and max
+/// level after them.
+fn hnsw_fields(bytes: &[u8]) -> Vec<usize> {
+    let Some(tag) = bytes.windows(4).position(|w| w == b"IHNf") else { return Vec::new() };
+    let u64_at = |at: usize| u64::from_le_bytes(bytes[at..at + 8].try_into().unwrap()) as usize;
+    // tag, d, ntotal, two unused i64, is_trained, metric (L2 / IP: no metric_arg)
+    let mut at = tag + 4 + 4 + 8 + 16 + 1 + 4;
+    let mut fields = Vec::new();
+    for elem in [8, 4, 4, 8, 4] {
+        let n = u64_at(at);
+        fields.push(at);
+        let start = at + 8;
+        if n > 0 {
+            fields.extend([start, start + elem * (n / 2), start + elem * (n - 1)]);
+        }
+        at = start + elem * n;
+    }
+    fields.extend([at, at + 4]);
+    fields
 }
 
 fn put(bytes: &[u8], at: usize, value: &[u8]) -> Vec<u8> {

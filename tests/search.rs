@@ -37,6 +37,15 @@ const NEWER: &[(&str, Metric)] = &[
     ("IDMap2,PCA16,IVF32,RaBitQ", Metric::L2),
 ];
 
+/// An HNSW graph as the coarse quantizer: how FAISS's guidelines build large-nlist indexes.
+const HNSW_QUANTIZER: &[(&str, Metric)] = &[
+    ("IVF32_HNSW8,Flat", Metric::L2),
+    ("IVF32_HNSW8,Flat", Metric::InnerProduct),
+    ("IVF32_HNSW4,SQ8", Metric::L2),
+    ("IDMap2,IVF32_HNSW16,PQ8np", Metric::L2),
+    ("PCA16,IVF32_HNSW8,Flat", Metric::InnerProduct),
+];
+
 async fn check_file(bytes: &[u8], what: &str) {
     let (store, path) = memory_store_with(bytes, "index.faiss").await;
     let index = IvfIndex::open(store, &path).await.unwrap_or_else(|e| panic!("{what}: open: {e}"));
@@ -80,7 +89,7 @@ async fn check_file(bytes: &[u8], what: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn equals_faiss_for_files_we_write() {
     let x = clustered(N, D, 12, 1);
-    for &(factory, metric) in CASES.iter().chain(NEWER) {
+    for &(factory, metric) in CASES.iter().chain(NEWER).chain(HNSW_QUANTIZER) {
         let bytes = build_ours(&x, D, factory, metric).await;
         check_file(&bytes, &format!("ours {factory} {metric:?}")).await;
     }
@@ -98,7 +107,7 @@ async fn equals_faiss_for_files_python_faiss_writes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn equals_faiss_for_files_pip_faiss_writes() {
     let x = clustered(N, D, 12, 3);
-    for &(factory, metric) in CASES.iter().chain(NEWER) {
+    for &(factory, metric) in CASES.iter().chain(NEWER).chain(HNSW_QUANTIZER) {
         let bytes = build_pip(&x, D, factory, metric);
         check_file(&bytes, &format!("pip {factory} {metric:?}")).await;
     }

@@ -392,17 +392,133 @@ impl Walk<'_> {
         Ok(Node { d: h.d, ntotal: h.ntotal })
     }
 
-    /// The coarse quantizer: a flat index holding the nlist centroids.
+    /// The coarse quantizer: a flat index holding the nlist centroids, or an HNSW graph
+    /// over a flat index of them (`IVF4096_HNSW32`).
     fn quantizer(&mut self, ivf: &IndexHeader, nlist: u64, nlist_at: u64) -> Result<()> {
         let (tag, at) = self.fourcc("quantizer type tag")?;
-        if !matches!(&tag, b"IxF2" | b"IxFI" | b"IxFl") {
-            return Err(self.unsupported(tag, at, " as the coarse quantizer (supported: a flat quantizer)"));
+        let hnsw = &tag == b"IHNf";
+        if !hnsw && !matches!(&tag, b"IxF2" | b"IxFI" | b"IxFl") {
+            return Err(self.unsupported(
+                tag,
+                at,
+                " as the coarse quantizer (supported: a flat quantizer, or HNSW over a flat one)",
+            ));
         }
-        let q = self.index_header("quantizer")?;
-        self.same("quantizer d", q.at, q.d, "the IVF index's d", ivf.d)?;
-        self.same("IVF nlist", nlist_at, nlist, "the quantizer's centroid count", q.ntotal)?;
+        let what = if hnsw { "HNSW quantizer" } else { "quantizer" };
+        let q = self.index_header(what)?;
+        self.same(&format!("{what} d"), q.at, q.d, "the IVF index's d", ivf.d)?;
+        self.same("IVF nlist", nlist_at, nlist, &format!("the {what}'s centroid count"), q.ntotal)?;
+        if hnsw {
+            self.hnsw(q.ntotal)?;
+            let (tag, at) = self.fourcc("HNSW storage type tag")?;
+            if !matches!(&tag, b"IxF2" | b"IxFI" | b"IxFl") {
+                let role = " as the HNSW quantizer's storage (supported: a flat index)";
+                return Err(match &tag {
+                    b"null" => self.bad("HNSW storage type tag", at, "null", "the graph was written without its vectors"),
+                    _ => self.unsupported(tag, at, role),
+                });
+            }
+            let s = self.index_header("HNSW storage")?;
+            self.same("HNSW storage d", s.at, s.d, "the IVF index's d", ivf.d)?;
+            self.same("HNSW storage ntotal", s.at + 4, s.ntotal, "the graph's node count", q.ntotal)?;
+        }
         let (n, n_at) = self.vector("quantizer centroids", 4)?;
         self.same("quantizer centroids length", n_at - 8, n, "ntotal × d", q.ntotal.saturating_mul(q.d))?;
+        Ok(())
+    }
+
+    /// An HNSW graph (`read_HNSW`) of `ntotal` nodes. FAISS's search follows it without
+    /// bounds checks: from the entry point at `max_level` down through each node's
+    /// neighbours, indexing `offsets` by node, `cum_nneighbor_per_level` by level and
+    /// `neighbors` by both. So every node's level must be covered by the level table,
+    /// every offset must be where the levels put it, and every neighbour named at a level
+    /// must be a node that has that level.
+    fn hnsw(&mut self, ntotal: u64) -> Result<()> {
+        self.vector("HNSW assign_probas", 8)?;
+        let (n, start) = self.vector("HNSW cum_nneighbor_per_level", 4)?;
+        let cum: Vec<i64> = self.words::<4>(start, n, "HNSW cum_nneighbor_per_level")?
+            .into_iter()
+            .map(|w| i32::from_le_bytes(w) as i64)
+            .collect();
+        let cum_at = |l: usize| start + 4 * l as u64;
+        if cum.first() != Some(&0) {
+            let v = cum.first().map_or("none".to_string(), |v| v.to_string());
+            return Err(self.bad("HNSW cum_nneighbor_per_level[0]", start, v, "must be 0"));
+        }
+        if let Some(l) = (1..cum.len()).find(|&l| cum[l] < cum[l - 1]) {
+            return Err(self.bad(
+                &format!("HNSW cum_nneighbor_per_level[{l}]"),
+                cum_at(l),
+                cum[l],
+                "the cumulated neighbour counts must not decrease",
+            ));
+        }
+        let (n, start) = self.vector("HNSW levels", 4)?;
+        self.same("HNSW levels length", start - 8, n, "the graph's node count", ntotal)?;
+        let levels: Vec<usize> = self.words::<4>(start, n, "HNSW levels")?
+            .into_iter()
+            .map(|w| i32::from_le_bytes(w) as i64)
+            .enumerate()
+            .map(|(i, l)| match usize::try_from(l) {
+                Ok(l) if l >= 1 && l < cum.len() => Ok(l),
+                _ => Err(self.bad(
+                    &format!("HNSW levels[{i}]"),
+                    start + 4 * i as u64,
+                    l,
+                    format!("must be 1 to {} (the levels cum_nneighbor_per_level covers)", cum.len() - 1),
+                )),
+            })
+            .collect::<Result<_>>()?;
+        let (n, start) = self.vector("HNSW offsets", 8)?;
+        self.same("HNSW offsets length", start - 8, n, "the node count + 1", ntotal + 1)?;
+        let offsets: Vec<u64> =
+            self.words::<8>(start, n, "HNSW offsets")?.into_iter().map(u64::from_le_bytes).collect();
+        let mut expected = 0u64;
+        for (i, &o) in offsets.iter().enumerate() {
+            let field = format!("HNSW offsets[{i}]");
+            self.same(&field, start + 8 * i as u64, o, "the neighbour slots of the nodes before it", expected)?;
+            if let Some(&l) = levels.get(i) {
+                expected = expected.saturating_add(cum[l] as u64);
+            }
+        }
+        let (n, start) = self.vector("HNSW neighbors", 4)?;
+        self.same("HNSW neighbors length", start - 8, n, "the last offset", expected)?;
+        let neighbors: Vec<i32> =
+            self.words::<4>(start, n, "HNSW neighbors")?.into_iter().map(i32::from_le_bytes).collect();
+        for (node, &node_levels) in levels.iter().enumerate() {
+            for level in 0..node_levels {
+                let range = offsets[node] + cum[level] as u64..offsets[node] + cum[level + 1] as u64;
+                for j in range {
+                    let v = neighbors[j as usize];
+                    let ok = v == -1 || (v >= 0 && (v as u64) < ntotal && levels[v as usize] > level);
+                    if !ok {
+                        return Err(self.bad(
+                            &format!("HNSW neighbor {} of node {node} at level {level}", j - offsets[node]),
+                            start + 4 * j,
+                            v,
+                            "must be -1 or a node of the graph that has this level",
+                        ));
+                    }
+                }
+            }
+        }
+        let (entry, entry_at) = self.i32("HNSW entry_point")?;
+        if entry < 0 || entry as u64 >= ntotal {
+            return Err(self.bad("HNSW entry_point", entry_at, entry, format!("must be a node below {ntotal}")));
+        }
+        let (max_level, max_at) = self.i32("HNSW max_level")?;
+        let top = levels[entry as usize] as i64 - 1;
+        if max_level as i64 != top {
+            return Err(self.bad(
+                "HNSW max_level",
+                max_at,
+                max_level,
+                format!("does not match the entry point's top level ({top})"),
+            ));
+        }
+        self.i32("HNSW efConstruction")?;
+        self.i32("HNSW efSearch")?;
+        self.i32("HNSW upper_beam")?;
         Ok(())
     }
 

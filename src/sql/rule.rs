@@ -190,7 +190,12 @@ fn query_vector(args: &[Expr], column: &str) -> Option<Vec<f32>> {
         _ => false,
     };
     match args {
-        [a, Expr::Literal(v, _)] | [Expr::Literal(v, _), a] if is_column(a) => literal_vector(v),
+        // A NaN or infinite component makes every distance NaN, which DataFusion's
+        // functions return and sort like any value; FAISS cannot rank by it. Such a
+        // query keeps the exact plan, so both plans give the same rows.
+        [a, Expr::Literal(v, _)] | [Expr::Literal(v, _), a] if is_column(a) => {
+            literal_vector(v).filter(|q| q.iter().all(|x| x.is_finite()))
+        }
         _ => None,
     }
 }

@@ -269,11 +269,15 @@ impl Batches {
         let valid: Vec<usize> = (0..n).filter(|&i| vectors[i].is_some()).collect();
         self.queries.add(valid.len());
         let spec = &self.run.spec;
+        // A query with a NaN or infinite component has a NaN distance to every row, as
+        // the exact plan computes it; FAISS cannot rank by that, so such a batch is
+        // joined with every passing row, as the exact plan joins it.
+        let finite = valid.iter().all(|&i| vectors[i].iter().flatten().all(|x| x.is_finite()));
         let (allowed, all) = match self.run.exact {
             true => (None, true),
             false => {
                 let allowed = self.allowed().await?;
-                let all = spec.brute_force(allowed.as_ref().map(|a| a.len()));
+                let all = !finite || spec.brute_force(allowed.as_ref().map(|a| a.len()));
                 (allowed, all)
             }
         };
