@@ -100,3 +100,42 @@ async fn concurrent_searches_share_gets_within_budget_on_s3() {
     store.put(&path, PutPayload::from(bytes.clone())).await.unwrap();
     concurrent_within_budget(store, &path, bytes).await;
 }
+
+/// A second checkout's server beside this one (`scripts/s3.sh` in another folder): it
+/// starts on ports of its own, this one's readiness check cannot be answered by it, and
+/// stopping it leaves this one serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_checkouts_server_is_its_own() {
+    let store = s3_store();
+    let path = unique_path("before-the-second.txt");
+    store.put(&path, PutPayload::from_static(b"first")).await.unwrap();
+
+    let other = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(other.path().join("scripts")).unwrap();
+    std::fs::create_dir_all(other.path().join(".work/venv/bin")).unwrap();
+    std::fs::copy(root().join("scripts/s3.sh"), other.path().join("scripts/s3.sh")).unwrap();
+    std::os::unix::fs::symlink(root().join(".work/venv/bin/weed"), other.path().join(".work/venv/bin/weed")).unwrap();
+    let s3 = |what: &str| {
+        let out = std::process::Command::new(other.path().join("scripts/s3.sh")).arg(what).output().unwrap();
+        assert!(out.status.success(), "s3.sh {what}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    s3("start");
+    let env = std::fs::read_to_string(other.path().join(".work/s3/env")).unwrap();
+    let var = |name: &str| env.lines().find_map(|l| l.strip_prefix(&format!("{name}="))).unwrap().to_string();
+    assert_ne!(var("DFF_S3_ENDPOINT"), s3_var("DFF_S3_ENDPOINT"), "both servers on one port");
+    assert_ne!(var("DFF_S3_SECRET"), s3_var("DFF_S3_SECRET"), "a secret that another server would accept too");
+    // The second server refuses this one's signature: an answer proves whose server it is.
+    let theirs = object_store::aws::AmazonS3Builder::new()
+        .with_endpoint(var("DFF_S3_ENDPOINT"))
+        .with_allow_http(true)
+        .with_bucket_name(var("DFF_S3_BUCKET"))
+        .with_region("us-east-1")
+        .with_access_key_id(s3_var("DFF_S3_KEY"))
+        .with_secret_access_key(s3_var("DFF_S3_SECRET"))
+        .with_retry(object_store::RetryConfig { max_retries: 0, ..Default::default() })
+        .build()
+        .unwrap();
+    assert!(theirs.get(&path).await.is_err(), "the second server accepted the first's key");
+    s3("stop");
+    assert_eq!(&store.get(&path).await.unwrap().bytes().await.unwrap()[..], b"first");
+}
