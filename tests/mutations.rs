@@ -327,8 +327,8 @@ fn mutate(seed: &'static str, bytes: &[u8]) -> Vec<Mutant> {
 }
 
 /// Where an HNSW quantizer's fields are: every vector's count, the first, middle and
-/// last elements of its level table, offsets and neighbours, and the entry point and max
-/// level after them.
+/// last elements of its level table, offsets and neighbours, and the entry point, max
+/// level and efSearch after them.
 fn hnsw_fields(bytes: &[u8]) -> Vec<usize> {
     let Some(tag) = bytes.windows(4).position(|w| w == b"IHNf") else { return Vec::new() };
     let u64_at = |at: usize| u64::from_le_bytes(bytes[at..at + 8].try_into().unwrap()) as usize;
@@ -344,7 +344,7 @@ fn hnsw_fields(bytes: &[u8]) -> Vec<usize> {
         }
         at = start + elem * n;
     }
-    fields.extend([at, at + 4]);
+    fields.extend([at, at + 4, at + 12]);
     fields
 }
 

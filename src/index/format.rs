@@ -50,6 +50,9 @@ const KNOWN: [(&[u8; 4], &str); 33] = [
 const MAX_COUNT: u64 = 1 << 40;
 /// Wrappers (IDMap, IndexPreTransform) around the IVF index.
 const MAX_DEPTH: usize = 4;
+/// An HNSW quantizer's efSearch: far above any useful value, far below a heap that
+/// exhausts memory.
+const MAX_EF: i32 = 1 << 20;
 /// Transforms in one IndexPreTransform chain.
 const MAX_CHAIN: i32 = 16;
 
@@ -424,7 +427,35 @@ impl Walk<'_> {
         }
         let (n, n_at) = self.vector("quantizer centroids", 4)?;
         self.same("quantizer centroids length", n_at - 8, n, "ntotal × d", q.ntotal.saturating_mul(q.d))?;
+        // A NaN distance breaks the order HNSW's candidate heaps keep, and its search
+        // then need not end; a flat quantizer only ranks such a centroid last.
+        if hnsw {
+            if let Some(i) = self.non_finite_f32(n_at, n, "quantizer centroids")? {
+                return Err(self.bad(
+                    &format!("HNSW centroid {} component {}", i / q.d, i % q.d),
+                    n_at + 4 * i,
+                    "NaN or infinite",
+                    "centroids must be finite",
+                ));
+            }
+        }
         Ok(())
+    }
+
+    /// The first of `count` f32s at `start` that is NaN or infinite, read a chunk at a time.
+    fn non_finite_f32(&mut self, start: u64, count: u64, field: &str) -> Result<Option<u64>> {
+        const CHUNK: u64 = 1 << 18;
+        let mut buf = vec![0u8; (CHUNK.min(count) * 4) as usize];
+        for from in (0..count).step_by(CHUNK as usize) {
+            let len = CHUNK.min(count - from);
+            let buf = &mut buf[..(len * 4) as usize];
+            self.src.read_exact_at(start + from * 4, buf, field)?;
+            let bad = buf.chunks_exact(4).position(|c| !f32::from_le_bytes(c.try_into().expect("4 bytes")).is_finite());
+            if let Some(i) = bad {
+                return Ok(Some(from + i as u64));
+            }
+        }
+        Ok(None)
     }
 
     /// An HNSW graph (`read_HNSW`) of `ntotal` nodes. FAISS's search follows it without
@@ -517,7 +548,11 @@ impl Walk<'_> {
             ));
         }
         self.i32("HNSW efConstruction")?;
-        self.i32("HNSW efSearch")?;
+        // The search allocates a candidate heap of max(efSearch, nprobe) entries.
+        let (ef, ef_at) = self.i32("HNSW efSearch")?;
+        if !(1..=MAX_EF).contains(&ef) {
+            return Err(self.bad("HNSW efSearch", ef_at, ef, format!("must be 1 to {MAX_EF}")));
+        }
         self.i32("HNSW upper_beam")?;
         Ok(())
     }
