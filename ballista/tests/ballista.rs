@@ -111,11 +111,25 @@ async fn sharded_table_through_ballista_equals_the_local_plan() {
     let analyze = format!("EXPLAIN ANALYZE {}", statements[0]);
     assert_eq!(lists_probed(&text(&local, &analyze).await), 24);
     assert_eq!(lists_probed(&text(&remote, &analyze).await), 24, "Ballista at nprobe 8");
+    let top: Vec<&String> = statements.iter().step_by(2).take(3).collect();
+    let mut at_nlist = vec![];
+    for sql in &top {
+        at_nlist.push(text(&local, sql).await);
+    }
     for ctx in [&local, &remote] {
         ctx.sql("SET faiss.nprobe = 1").await.unwrap().collect().await.unwrap();
     }
     assert_eq!(lists_probed(&text(&local, &analyze).await), 3);
     assert_eq!(lists_probed(&text(&remote, &analyze).await), 3, "Ballista at nprobe 1");
+    // And the rows: the cluster's are the local plan's at one list per shard, which are
+    // not those at eight for every query.
+    let mut differs = false;
+    for (sql, full) in top.iter().zip(&at_nlist) {
+        let ours = text(&local, sql).await;
+        differs |= &ours != full;
+        assert_eq!(text(&remote, sql).await, ours, "nprobe 1: {sql}");
+    }
+    assert!(differs, "nprobe 1 found what nprobe 8 found for every query: the rows show nothing");
     // The exact plan through Ballista too: the cluster's index plan is not what it compares with.
     for ctx in [&local, &remote] {
         ctx.sql("SET faiss.enabled = false").await.unwrap().collect().await.unwrap();
