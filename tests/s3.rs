@@ -125,16 +125,8 @@ async fn a_second_checkouts_server_is_its_own() {
     assert_ne!(var("DFF_S3_ENDPOINT"), s3_var("DFF_S3_ENDPOINT"), "both servers on one port");
     assert_ne!(var("DFF_S3_SECRET"), s3_var("DFF_S3_SECRET"), "a secret that another server would accept too");
     // The second server refuses this one's signature: an answer proves whose server it is.
-    let theirs = object_store::aws::AmazonS3Builder::new()
-        .with_endpoint(var("DFF_S3_ENDPOINT"))
-        .with_allow_http(true)
-        .with_bucket_name(var("DFF_S3_BUCKET"))
-        .with_region("us-east-1")
-        .with_access_key_id(s3_var("DFF_S3_KEY"))
-        .with_secret_access_key(s3_var("DFF_S3_SECRET"))
-        .with_retry(object_store::RetryConfig { max_retries: 0, ..Default::default() })
-        .build()
-        .unwrap();
+    let no_retry = object_store::RetryConfig { max_retries: 0, ..Default::default() };
+    let theirs = s3_store_with(Some(var("DFF_S3_ENDPOINT")), no_retry, Default::default());
     assert!(theirs.get(&path).await.is_err(), "the second server accepted the first's key");
     s3("stop");
     assert_eq!(&store.get(&path).await.unwrap().bytes().await.unwrap()[..], b"first");

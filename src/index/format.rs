@@ -53,6 +53,8 @@ const MAX_DEPTH: usize = 4;
 /// An HNSW quantizer's efSearch: far above any useful value, far below a heap that
 /// exhausts memory.
 const MAX_EF: i32 = 1 << 20;
+/// Tags of the flat indexes a coarse quantizer (or its HNSW graph's storage) may be.
+const FLAT: [&[u8; 4]; 3] = [b"IxF2", b"IxFI", b"IxFl"];
 /// Transforms in one IndexPreTransform chain.
 const MAX_CHAIN: i32 = 16;
 
@@ -400,7 +402,7 @@ impl Walk<'_> {
     fn quantizer(&mut self, ivf: &IndexHeader, nlist: u64, nlist_at: u64) -> Result<()> {
         let (tag, at) = self.fourcc("quantizer type tag")?;
         let hnsw = &tag == b"IHNf";
-        if !hnsw && !matches!(&tag, b"IxF2" | b"IxFI" | b"IxFl") {
+        if !hnsw && !FLAT.contains(&&tag) {
             return Err(self.unsupported(
                 tag,
                 at,
@@ -414,7 +416,7 @@ impl Walk<'_> {
         if hnsw {
             self.hnsw(q.ntotal)?;
             let (tag, at) = self.fourcc("HNSW storage type tag")?;
-            if !matches!(&tag, b"IxF2" | b"IxFI" | b"IxFl") {
+            if !FLAT.contains(&&tag) {
                 let role = " as the HNSW quantizer's storage (supported: a flat index)";
                 return Err(match &tag {
                     b"null" => self.bad("HNSW storage type tag", at, "null", "the graph was written without its vectors"),
@@ -471,7 +473,6 @@ impl Walk<'_> {
             .into_iter()
             .map(|w| i32::from_le_bytes(w) as i64)
             .collect();
-        let cum_at = |l: usize| start + 4 * l as u64;
         if cum.first() != Some(&0) {
             let v = cum.first().map_or("none".to_string(), |v| v.to_string());
             return Err(self.bad("HNSW cum_nneighbor_per_level[0]", start, v, "must be 0"));
@@ -479,7 +480,7 @@ impl Walk<'_> {
         if let Some(l) = (1..cum.len()).find(|&l| cum[l] < cum[l - 1]) {
             return Err(self.bad(
                 &format!("HNSW cum_nneighbor_per_level[{l}]"),
-                cum_at(l),
+                start + 4 * l as u64,
                 cum[l],
                 "the cumulated neighbour counts must not decrease",
             ));
