@@ -26,7 +26,8 @@ use prost::Message;
 use super::exec::{IvfKnnExec, IvfTopKExec};
 use super::node::TopK;
 use super::registry::IndexLocation;
-use super::shards::Part;
+use super::manifest::ObjectVersion;
+use super::parts::{Ids, Part, Span};
 use super::table::{VectorTable, VectorTableOptions};
 use crate::{IndexInfo, Metric};
 
@@ -46,7 +47,7 @@ struct TableMsg {
     vector: String,
     #[prost(bool, tag = "5")]
     normalized: bool,
-    /// The index searched (a shard's, or a sharded table's first).
+    /// The index searched (a part's, or the table's first).
     #[prost(string, tag = "6")]
     location: String,
     #[prost(uint64, tag = "7")]
@@ -67,9 +68,6 @@ struct TableMsg {
     lists_start: u64,
     #[prost(uint64, tag = "15")]
     lists_end: u64,
-    /// A shard of a sharded table, not the table.
-    #[prost(bool, tag = "16")]
-    shard: bool,
 }
 
 #[derive(Clone, PartialEq, Message)]
@@ -78,6 +76,77 @@ struct PartMsg {
     table: Option<TableMsg>,
     #[prost(bool, tag = "2")]
     exact: bool,
+    /// 0 trusted, 1 positions, 2 keys, 3 keys of a complete manifest.
+    #[prost(uint32, tag = "3")]
+    ids: u32,
+    /// (index, rows, part) per span, for positions.
+    #[prost(uint64, repeated, tag = "4")]
+    spans: Vec<u64>,
+    #[prost(message, optional, tag = "5")]
+    pinned: Option<VersionMsg>,
+    #[prost(uint64, tag = "6")]
+    files: u64,
+    #[prost(uint64, tag = "7")]
+    rows: u64,
+    #[prost(uint64, tag = "8")]
+    stale: u64,
+}
+
+#[derive(Clone, PartialEq, Message)]
+struct VersionMsg {
+    #[prost(uint64, tag = "1")]
+    size: u64,
+    #[prost(string, optional, tag = "2")]
+    e_tag: Option<String>,
+    #[prost(string, tag = "3")]
+    last_modified: String,
+}
+
+fn encode_part(p: &Part) -> Result<PartMsg> {
+    let (ids, spans) = match &p.ids {
+        Ids::Trusted => (0, vec![]),
+        Ids::Positions(spans) => (1, spans.iter().flat_map(|s| [s.index, s.rows, s.part]).collect()),
+        Ids::Keys { complete } => (if *complete { 3 } else { 2 }, vec![]),
+    };
+    Ok(PartMsg {
+        table: Some(encode_table(&p.table)?),
+        exact: p.exact,
+        ids,
+        spans,
+        pinned: p.pinned.as_ref().map(|v| VersionMsg {
+            size: v.size,
+            e_tag: v.e_tag.clone(),
+            last_modified: v.last_modified.clone(),
+        }),
+        files: p.files as u64,
+        rows: p.rows,
+        stale: p.stale as u64,
+    })
+}
+
+fn decode_part(msg: &PartMsg, table: Arc<VectorTable>) -> Result<Part> {
+    let ids = match msg.ids {
+        0 => Ids::Trusted,
+        1 => Ids::Positions(Arc::new(
+            msg.spans.chunks_exact(3).map(|s| Span { index: s[0], rows: s[1], part: s[2] }).collect(),
+        )),
+        2 => Ids::Keys { complete: false },
+        3 => Ids::Keys { complete: true },
+        other => return internal_err!("a FAISS plan part with ids of kind {other}"),
+    };
+    Ok(Part {
+        table,
+        exact: msg.exact,
+        ids,
+        pinned: msg.pinned.as_ref().map(|v| ObjectVersion {
+            size: v.size,
+            e_tag: v.e_tag.clone(),
+            last_modified: v.last_modified.clone(),
+        }),
+        files: msg.files as usize,
+        rows: msg.rows,
+        stale: msg.stale as usize,
+    })
 }
 
 #[derive(Clone, PartialEq, Message)]
@@ -153,7 +222,6 @@ fn encode_table(table: &VectorTable) -> Result<TableMsg> {
         file_size: info.file_size,
         lists_start: info.lists.start,
         lists_end: info.lists.end,
-        shard: table.shard_folder().is_none() && options.index.ends_with('/'),
     })
 }
 
@@ -180,12 +248,12 @@ fn decode_table(msg: &TableMsg, ctx: &TaskContext) -> Result<VectorTable> {
         lists: msg.lists_start..msg.lists_end,
     };
     let location = IndexLocation::resolve(&msg.location, &ctx.runtime_env())?;
-    VectorTable::assemble(base, options, location, info, msg.shard, &ctx.runtime_env())
+    VectorTable::assemble(base, options, location, info)
 }
 
 fn encode_scan(spec: &TopK, parts: &[Part], logical: &dyn LogicalExtensionCodec) -> Result<ScanMsg> {
     let filters = spec.filters.iter().map(|f| Ok(serialize_expr(f, logical)?.encode_to_vec()));
-    let parts = parts.iter().map(|p| Ok(PartMsg { table: Some(encode_table(&p.table)?), exact: p.exact }));
+    let parts = parts.iter().map(encode_part);
     Ok(ScanMsg {
         table: Some(encode_table(&spec.table)?),
         table_name: spec.table_name.to_string(),
@@ -229,7 +297,7 @@ fn decode_scan(msg: &ScanMsg, ctx: &TaskContext, logical: &dyn LogicalExtensionC
         brute_force_fraction: msg.brute_force_fraction,
         cache_bytes: msg.cache_bytes,
     };
-    let parts = msg.parts.iter().map(|p| Ok(Part { table: table(&p.table)?, exact: p.exact }));
+    let parts = msg.parts.iter().map(|p| decode_part(p, table(&p.table)?));
     Ok((spec, parts.collect::<Result<_>>()?))
 }
 

@@ -33,7 +33,7 @@ use super::knn::IvfKnnNode;
 use super::node::{IvfTopKNode, TopK};
 use super::registry;
 use super::rows::{keys, Listed, TableIo};
-use super::shards::{self, Part};
+use super::parts::{self, Ids, Part};
 use super::table::{index_error, VectorTable};
 use crate::{SearchOptions, SearchStats};
 
@@ -73,21 +73,21 @@ impl ExtensionPlanner for FaissPlanner {
         if let Some(node) = node.as_any().downcast_ref::<IvfKnnNode>() {
             let [input] = physical_inputs else { return internal_err!("IvfKnn has one input") };
             let query = state.create_physical_expr(node.query.clone(), node.input.schema())?;
-            let parts = shards::parts(&node.spec.table, state, node.spec.cache_bytes).await?;
+            let parts = parts::parts(&node.spec.table, state, node.spec.cache_bytes).await?;
             let schema = Arc::new(node.schema.as_arrow().clone());
             let exec = IvfKnnExec::new(node.spec.clone(), parts, input.clone(), query, node.vector_left, schema, state.clone());
             return Ok(Some(Arc::new(exec)));
         }
         let Some(node) = node.as_any().downcast_ref::<IvfTopKNode>() else { return Ok(None) };
-        let parts = shards::parts(&node.spec.table, state, node.spec.cache_bytes).await?;
+        let parts = parts::parts(&node.spec.table, state, node.spec.cache_bytes).await?;
         Ok(Some(Arc::new(IvfTopKExec::new(node.spec.clone(), parts, state.clone())?)))
     }
 }
 
 /// Emits, for one query vector, the base-table rows of the nearest candidates (or of
 /// every row passing a selective filter); the Sort above ranks them exactly. A partition
-/// per part of the table: each shard's candidates, and every row of the files without a
-/// current index.
+/// per part of the table: each index's candidates among the files it covers, and every
+/// row of the files no index covers.
 pub struct IvfTopKExec {
     spec: TopK,
     parts: Vec<Part>,
@@ -109,7 +109,7 @@ impl fmt::Debug for IvfTopKExec {
 }
 
 impl IvfTopKExec {
-    /// The scan of `spec` over `parts` (see [`shards::parts`]), planning its reads of the
+    /// The scan of `spec` over `parts` (see [`parts::parts`]), planning its reads of the
     /// base table in `state`.
     pub fn new(spec: TopK, parts: Vec<Part>, state: SessionState) -> Result<Self> {
         let numbers = part_numbers(parts.len())?;
@@ -150,14 +150,18 @@ fn part_numbers(n: usize) -> Result<Arc<dyn ExecutionPlan>> {
     Ok(MemorySourceConfig::try_new_exec(&partitions, schema, None)?)
 }
 
-/// ` shards=N unindexed` where the table is sharded or has files without an index.
+/// What the indexes cover, where it is not simply the whole table: indexes searched, the
+/// files and rows they cover, files no index covers (ranked exactly), and files the
+/// indexes' manifests name that are gone or rewritten (their hits dropped).
 fn fmt_parts(parts: &[Part], f: &mut fmt::Formatter) -> fmt::Result {
-    let shards = parts.iter().filter(|p| !p.exact).count();
-    if parts.len() > 1 || shards != parts.len() {
-        write!(f, " shards={shards}")?;
-    }
-    if shards != parts.len() {
-        write!(f, " unindexed_files=exact")?;
+    let indexed: Vec<&Part> = parts.iter().filter(|p| !p.exact).collect();
+    let unindexed: usize = parts.iter().filter(|p| p.exact).map(|p| p.files).sum();
+    let stale: usize = parts.iter().map(|p| p.stale).sum();
+    if parts.len() > 1 || unindexed > 0 || stale > 0 || indexed.is_empty() {
+        let files: usize = indexed.iter().map(|p| p.files).sum();
+        let rows: u64 = indexed.iter().map(|p| p.rows).sum();
+        write!(f, " indexes={} indexed_files={files} indexed_rows={rows}", indexed.len())?;
+        write!(f, " unindexed_files={unindexed} stale_files={stale}")?;
     }
     Ok(())
 }
@@ -237,6 +241,7 @@ struct Counts {
     candidates: Count,
     indexed_rows: Count,
     unindexed_rows: Count,
+    dropped_hits: Count,
     base_rows_read: Count,
     rows_reranked: Count,
     table_gets: Count,
@@ -264,6 +269,7 @@ impl Counts {
             candidates: c("candidates"),
             indexed_rows: c("indexed_rows"),
             unindexed_rows: c("unindexed_rows"),
+            dropped_hits: c("dropped_hits"),
             base_rows_read: c("base_rows_read"),
             filter_time: MetricBuilder::new(metrics).subset_time("filter_time", 0),
             search_time: MetricBuilder::new(metrics).subset_time("search_time", 0),
@@ -298,6 +304,10 @@ struct Run {
     spec: TopK,
     /// The part's rows are read whole: its files have no current index.
     exact: bool,
+    ids: Ids,
+    pinned: Option<crate::sql::manifest::ObjectVersion>,
+    /// For keys some of which may be gone: the key map of the part's files, read once.
+    keys: tokio::sync::OnceCell<Arc<keys::KeyMap>>,
     state: SessionState,
     context: Arc<TaskContext>,
     counts: Counts,
@@ -306,10 +316,12 @@ struct Run {
 
 type Batches = futures::stream::BoxStream<'static, Result<RecordBatch>>;
 
-/// The index's candidates: ids, and their vectors where the index's copy serves.
+/// The index's candidates: ids (the part's), and their vectors where the index's copy
+/// serves; `ntotal` of the index searched.
 struct Candidates {
     ids: Vec<i64>,
     vectors: Option<Vec<f32>>,
+    ntotal: u64,
 }
 
 impl Run {
@@ -318,6 +330,9 @@ impl Run {
         Run {
             spec: TopK { table: part.table.clone(), ..spec.clone() },
             exact: part.exact,
+            ids: part.ids.clone(),
+            pinned: part.pinned.clone(),
+            keys: tokio::sync::OnceCell::new(),
             state: state.clone(),
             context,
             counts: Counts::new(metrics),
@@ -349,6 +364,7 @@ impl Run {
         if spec.brute_force(allowed.as_ref().map(Vec::len)) {
             return self.brute_force().await;
         }
+        let allowed = allowed.map(|ids| self.index_ids(ids));
         // The table is listed (one LIST or HEAD) while the index is searched.
         let start = std::time::Instant::now();
         let search = async {
@@ -359,7 +375,8 @@ impl Run {
         let columns = self.read_columns(spec.vectors_from_index);
         let (found, listed) = futures::join!(search, Listed::list(spec.table.base(), &self.state, &columns));
         let Some(found) = found? else {
-            // Fewer than k indexed rows pass: the index cannot be complete for this query.
+            // Fewer than k indexed rows pass, or the index was replaced since planning: the
+            // index cannot answer this query.
             return self.brute_force().await;
         };
         self.counts.candidates.add(found.ids.len());
@@ -385,10 +402,13 @@ impl Run {
             .collect()
     }
 
-    /// Candidate ids from the index, probing more lists until at least k are found;
-    /// `None` when even all lists hold fewer than k (allowed) entries.
+    /// Candidate ids from the index, probing more lists until at least k are found (and
+    /// stand: hits in rows the part no longer has are dropped, and more asked for);
+    /// `None` when even all lists hold fewer than k (allowed) entries, or the index was
+    /// replaced since planning.
     async fn search(&self, query: &[f32], allowed: Option<&[i64]>) -> Result<Option<Candidates>> {
         let spec = &self.spec;
+        let keys = self.key_gate().await?;
         let mut index = spec.table.index(spec.cache_bytes).await?;
         let mut nprobe = spec.nprobe_for(index.info(), allowed);
         // Checked once per query: with the first search, and by the reopen after a change.
@@ -403,8 +423,11 @@ impl Run {
             let result = match checked {
                 true => search.await,
                 false => {
-                    let (current, result) = futures::join!(index.check(), search);
+                    let (current, pinned, result) = futures::join!(index.check(), self.pinned_here(), search);
                     checked = true;
+                    if !pinned? {
+                        return Ok(None);
+                    }
                     current.and(result)
                 }
             };
@@ -412,32 +435,91 @@ impl Run {
                 Err(e) if registry::is_changed(&e) && !reopened => {
                     registry::forget(spec.table.location(), &index);
                     index = spec.table.index(spec.cache_bytes).await?;
-                    reopened = true;
+                    (reopened, checked) = (true, false);
                     continue;
                 }
                 r => r.map_err(|e| index_error(spec.table.location(), e))?,
             };
             self.counts.add_search(&result.stats);
             let mut found = Found::of(&result, 0..want);
+            let last = (found.0.len() == want).then(|| found.0[want - 1].1);
+            let dropped = found.standing(|id| self.to_part(keys.as_deref(), id));
             let (nlist, ntotal) = (index.info().nlist, index.info().ntotal as usize);
             // Rows tied with the k-th (duplicates, or FAISS's f32 rounding against the exact
             // re-rank's f64) may reach past the candidates; the exact plan breaks such ties
             // by the other sort keys, so all of them must be re-ranked: ask for more until
             // the last one found is clearly farther than the k-th, then keep the candidates
-            // and the tie.
-            if found.ties_past(spec.k, want) && want < ntotal {
+            // and the tie. Hits dropped likewise leave fewer than asked for: ask for more.
+            let short = dropped > 0 && found.0.len() <= spec.candidates();
+            if last.is_some() && want < ntotal && (short || found.ties_past(spec.k, last)) {
                 want = want.saturating_mul(2).min(ntotal);
                 continue;
             }
             if found.0.len() >= spec.k || nprobe >= nlist {
                 self.counts.nprobe.add(nprobe.min(nlist));
+                self.counts.dropped_hits.add(dropped);
                 if found.0.len() < spec.k {
                     return Ok(None);
                 }
                 found.keep(spec.k, spec.candidates());
-                return Ok(Some(found.candidates(spec.codes(index.info(), &result))));
+                return Ok(Some(found.candidates(spec.codes(index.info(), &result), ntotal as u64)));
             }
             nprobe = nprobe.saturating_mul(2).min(nlist);
+        }
+    }
+
+    /// Whether the part's index object is still the version its manifest describes (a
+    /// part without manifest pins none).
+    async fn pinned_here(&self) -> Result<bool> {
+        let Some(version) = &self.pinned else { return Ok(true) };
+        match self.spec.table.location().head().await {
+            Ok(meta) => Ok(version.matches(&meta)),
+            Err(object_store::Error::NotFound { .. }) => Ok(false),
+            Err(e) => Err(index_error(self.spec.table.location(), crate::Error::Store {
+                path: self.spec.table.location().as_str().to_string(),
+                source: Arc::new(e),
+            })),
+        }
+    }
+
+    /// For keys some of which may be gone since the build: the part's key map.
+    async fn key_gate(&self) -> Result<Option<Arc<keys::KeyMap>>> {
+        if !self.ids.checks_keys() {
+            return Ok(None);
+        }
+        let map = self
+            .keys
+            .get_or_try_init(|| async {
+                let table = &self.spec.table;
+                let key = table.key_index().expect("keys");
+                let name = table.schema().field(key).name().clone();
+                let Some(listed) = Listed::list(table.base(), &self.state, &[key]).await? else {
+                    return internal_err!("a table of keys some of which may be gone is read from Parquet files");
+                };
+                let located = listed.locate(&self.io).await?;
+                let key_only = async {
+                    let listed = Listed::list(table.base(), &self.state, &[key]).await?;
+                    listed.ok_or_else(|| DataFusionError::Internal("listed before".into()))
+                };
+                keys::key_map(&located, key_only, &name, &self.context, &self.io).await
+            })
+            .await?;
+        Ok(Some(map.clone()))
+    }
+
+    /// The part's id of the index's `id`; `None` when the row it names is not the part's.
+    fn to_part(&self, keys: Option<&keys::KeyMap>, id: i64) -> Option<i64> {
+        match keys {
+            Some(map) => (!map.positions(id).is_empty()).then_some(id),
+            None => self.ids.to_part(id),
+        }
+    }
+
+    /// The index's ids of the part's `ids` (sorted, and kept so).
+    fn index_ids(&self, ids: Vec<i64>) -> Vec<i64> {
+        match self.ids {
+            Ids::Positions(_) => ids.into_iter().map(|id| self.ids.to_index(id)).collect(),
+            _ => ids,
         }
     }
 
@@ -560,6 +642,9 @@ impl Run {
                 }
             }
             None => {
+                if matches!(self.ids, Ids::Trusted) && located.rows() != found.ntotal {
+                    return Err(unrecorded(table, found.ntotal, located.rows()));
+                }
                 for (c, &id) in found.ids.iter().enumerate() {
                     match u64::try_from(id).ok().filter(|&p| p < located.rows()) {
                         Some(p) => at.push((p, c)),
@@ -569,7 +654,7 @@ impl Run {
             }
         }
         let present = found.ids.len() - missing.len();
-        if present < spec.k.min(found.ids.len()) {
+        if !missing.is_empty() {
             let what = match table.key_index() {
                 Some(key) => format!("key column '{}' of the table", table.schema().field(key).name()),
                 None => format!("row positions of the table (it has {} rows)", located.rows()),
@@ -707,10 +792,24 @@ impl Found {
         Found(slots.filter(|&at| result.ids[at] >= 0).map(|at| (result.ids[at], result.distances[at], at)).collect())
     }
 
-    /// All `want` asked for were found and the last ties with the k-th: more may tie.
-    fn ties_past(&self, k: usize, want: usize) -> bool {
+    /// All asked for were found (`last` is the last one's distance, standing or not) and
+    /// the last ties with the k-th: more may tie.
+    fn ties_past(&self, k: usize, last: Option<f32>) -> bool {
         let f = &self.0;
-        f.len() == want && f.len() >= k && tied(f[k - 1].1, f[want - 1].1)
+        last.is_some_and(|last| f.len() >= k && tied(f[k - 1].1, last))
+    }
+
+    /// Keeps the hits `to_part` accepts, with the ids it gives them; how many it dropped.
+    fn standing(&mut self, to_part: impl Fn(i64) -> Option<i64>) -> usize {
+        let before = self.0.len();
+        self.0.retain_mut(|(id, _, _)| match to_part(*id) {
+            Some(part) => {
+                *id = part;
+                true
+            }
+            None => false,
+        });
+        before - self.0.len()
     }
 
     /// Keeps the first `candidates` and every one tied with the k-th (at least k found).
@@ -721,7 +820,7 @@ impl Found {
     }
 
     /// The ids, with their vectors decoded from `codes` (`code_size` bytes per slot).
-    fn candidates(self, codes: Option<(&[u8], usize)>) -> Candidates {
+    fn candidates(self, codes: Option<(&[u8], usize)>, ntotal: u64) -> Candidates {
         let vectors = codes.map(|(codes, code_size)| {
             self.0
                 .iter()
@@ -732,7 +831,7 @@ impl Found {
                 })
                 .collect()
         });
-        Candidates { ids: self.0.into_iter().map(|(id, _, _)| id).collect(), vectors }
+        Candidates { ids: self.0.into_iter().map(|(id, _, _)| id).collect(), vectors, ntotal }
     }
 }
 
@@ -772,6 +871,14 @@ fn tied(kth: f32, d: f32) -> bool {
     (kth - d).abs() <= 8.0 * f32::EPSILON * kth.abs().max(d.abs())
 }
 
+/// The error for a positions index without manifest over a table of another row count.
+fn unrecorded(table: &VectorTable, ntotal: u64, rows: u64) -> DataFusionError {
+    DataFusionError::Execution(format!(
+        "index {} holds {ntotal} vectors but the table has {rows} rows, and the index has no manifest recording which files it was built from: rebuild it with `datafusion-faiss build`, or, if it was built from the table's current files, record them with `datafusion-faiss attach`",
+        table.location().as_str()
+    ))
+}
+
 /// The error for candidate ids the table does not have: the wrong index, or rows deleted.
 fn ids_mismatch(
     what: &str,
@@ -783,7 +890,7 @@ fn ids_mismatch(
     let missing: Vec<String> = missing.iter().take(5).map(|id| id.to_string()).collect();
     let hint = if table.key_index().is_some() { ", with these keys" } else { ", its vectors added in table order" };
     DataFusionError::Execution(format!(
-        "index ids do not match {what}: the index {} returned {candidates} candidate ids, only {present} of them are in the table (missing e.g. {}). Is OPTIONS ('index' ...) the index built from this table{hint}? (Rows deleted since the build are missing too: rebuild the index.)",
+        "index ids do not match {what}: the index {} returned {candidates} candidate ids, only {present} of them are in the table (missing e.g. {}). Is OPTIONS ('index' ...) the index built from this table{hint}? The index has no manifest recording which files it was built from, so rows deleted since cannot be told apart: rebuild it with `datafusion-faiss build`, or record the table's files with `datafusion-faiss attach` right after building.",
         table.location().as_str(),
         missing.join(", "),
     ))

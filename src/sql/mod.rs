@@ -8,12 +8,13 @@ mod exec;
 mod factory;
 pub mod functions;
 mod knn;
+pub mod manifest;
 mod node;
 mod registry;
 mod rows;
 mod rule;
 mod search;
-pub mod shards;
+mod parts;
 mod table;
 
 use std::sync::Arc;

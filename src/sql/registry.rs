@@ -35,6 +35,17 @@ impl IndexLocation {
         self.url.as_str()
     }
 
+    /// The index object's path in its store.
+    pub fn path(&self) -> &object_store::path::Path {
+        self.url.prefix()
+    }
+
+    /// The index object's metadata now (one HEAD, or a `stat`).
+    pub async fn head(&self) -> object_store::Result<object_store::ObjectMeta> {
+        use object_store::ObjectStoreExt;
+        self.store.head(self.url.prefix()).await
+    }
+
     /// A `file://` index is memory-mapped rather than fetched by range.
     fn local_file(&self) -> Option<std::path::PathBuf> {
         (self.url.scheme() == "file").then(|| std::path::PathBuf::from(format!("/{}", self.url.prefix())))

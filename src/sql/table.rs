@@ -11,14 +11,16 @@ use datafusion::physical_plan::ExecutionPlan;
 
 use super::config::FaissConfig;
 use super::registry::{self, IndexLocation};
-use super::shards::ShardFolder;
+use super::manifest::IndexSet;
 use crate::{IndexInfo, IvfIndex, Metric};
 
 /// How a base table's rows map to an index.
 #[derive(Debug, Clone)]
 pub struct VectorTableOptions {
-    /// URL (or local path) of the FAISS index file; or, ending in `/`, of the folder of
-    /// one index per data file (`part-0.parquet` → `part-0.faiss`, see [`super::shards`]).
+    /// URL (or local path) of the FAISS index file; or, ending in `/`, of a folder of
+    /// indexes, e.g. one per data file (`part-0.parquet` → `part-0.faiss`). Each index's
+    /// manifest (`<index>.json`) says which data file versions it covers; see
+    /// [`super::manifest`].
     pub index: String,
     /// Integer column holding the ids the index was built with; `None` when the ids are
     /// row positions (FAISS's own ids for `index.add(x)`, with `x` the table's vectors in
@@ -37,10 +39,9 @@ pub struct VectorTableOptions {
 pub struct VectorTable {
     base: Arc<dyn TableProvider>,
     options: VectorTableOptions,
-    /// The index; for a table sharded by file, the first shard's (its dimension and
-    /// metric are every shard's).
+    /// The index; for a folder of indexes, the first (its dimension and metric are every
+    /// index's).
     location: IndexLocation,
-    shards: Option<ShardFolder>,
     key: Option<usize>,
     vector: usize,
     info: IndexInfo,
@@ -81,20 +82,13 @@ impl VectorTable {
                 base.table_type()
             );
         }
-        let shards = match options.index.ends_with('/') {
-            true => {
-                if is_partitioned(base.as_ref()) {
-                    return plan_err!("a table sharded by file ('index' '{}') cannot have partition columns", options.index);
-                }
-                let url = datafusion::datasource::listing::ListingTableUrl::parse(&options.index)?;
-                let store = session.runtime_env().object_store(url.object_store())?;
-                Some(ShardFolder { url, store })
-            }
-            false => None,
-        };
-        let location = match &shards {
-            Some(folder) => folder.first(session.runtime_env()).await?,
-            None => IndexLocation::resolve(&options.index, session.runtime_env())?,
+        let set = IndexSet::new(&options.index, session.runtime_env())?;
+        let location = match set.is_folder() {
+            true => match set.list(session.runtime_env()).await?.into_iter().next() {
+                Some(first) => first.location,
+                None => return plan_err!("no FAISS index (*.faiss) under {}: build them with `datafusion-faiss build --per-file`", options.index),
+            },
+            false => IndexLocation::resolve(&options.index, session.runtime_env())?,
         };
         let cache = FaissConfig::from_options(session.config_options()).cache_mb as u64 * 1024 * 1024;
         let index = registry::open_current(&location, cache).await.map_err(|e| index_error(&location, e))?;
@@ -113,40 +107,30 @@ impl VectorTable {
             DataType::List(item) | DataType::LargeList(item) if item.data_type() == &DataType::Float32 => {}
             other => return plan_err!("vector column '{}' must be a list of Float32, got {other}", options.vector),
         }
-        Ok(VectorTable { base, options, location, shards, key, vector, info })
+        Ok(VectorTable { base, options, location, key, vector, info })
     }
 
     /// The table described by a plan another process made (see `codec`), the index not
-    /// opened: `info` is what its header said there. `shard`: one shard of a sharded table.
+    /// opened: `info` is what its header said there.
     #[cfg(feature = "proto")]
     pub(crate) fn assemble(
         base: Arc<dyn TableProvider>,
         options: VectorTableOptions,
         location: IndexLocation,
         info: IndexInfo,
-        shard: bool,
-        runtime: &datafusion::execution::runtime_env::RuntimeEnv,
     ) -> Result<VectorTable> {
         let schema = base.schema();
         let key = options.key.as_deref().map(|k| schema.index_of(k)).transpose()?;
         let vector = schema.index_of(&options.vector)?;
-        let shards = match options.index.ends_with('/') && !shard {
-            true => {
-                let url = datafusion::datasource::listing::ListingTableUrl::parse(&options.index)?;
-                let store = runtime.object_store(url.object_store())?;
-                Some(ShardFolder { url, store })
-            }
-            false => None,
-        };
-        Ok(VectorTable { base, options, location, shards, key, vector, info })
+        Ok(VectorTable { base, options, location, key, vector, info })
     }
 
-    /// One shard of a table sharded by file: `base` (some of its files) with the index at
-    /// `location`, which must search the same vectors the same way.
-    pub(crate) fn shard(&self, base: Arc<dyn TableProvider>, location: IndexLocation, info: IndexInfo) -> Result<VectorTable> {
+    /// One part of the table (see [`super::parts`]): `base` (some of its files) with the
+    /// index at `location`, which must search the same vectors the same way.
+    pub(crate) fn part(&self, base: Arc<dyn TableProvider>, location: IndexLocation, info: IndexInfo) -> Result<VectorTable> {
         if info.dimension != self.info.dimension || info.metric != self.info.metric {
             return plan_err!(
-                "shard index {} has dimension {} / {:?}, the table's first shard {} has {} / {:?}",
+                "index {} has dimension {} / {:?}, the table's first index {} has {} / {:?}",
                 location.as_str(),
                 info.dimension,
                 info.metric,
@@ -155,12 +139,7 @@ impl VectorTable {
                 self.info.metric
             );
         }
-        Ok(VectorTable { base, location, shards: None, info, ..self.clone() })
-    }
-
-    /// The folder of per-file indexes, for a table sharded by file.
-    pub(crate) fn shard_folder(&self) -> Option<&ShardFolder> {
-        self.shards.as_ref()
+        Ok(VectorTable { base, location, info, ..self.clone() })
     }
 
     pub fn base(&self) -> &Arc<dyn TableProvider> {
@@ -211,14 +190,6 @@ impl VectorTable {
         }
         Ok(index)
     }
-}
-
-/// Whether `base` is a listing table with partition columns.
-fn is_partitioned(base: &dyn TableProvider) -> bool {
-    use datafusion::datasource::listing::ListingTable;
-    (base as &dyn std::any::Any)
-        .downcast_ref::<ListingTable>()
-        .is_some_and(|t| !t.options().table_partition_cols.is_empty())
 }
 
 /// Whether `base` reads Parquet files (where rows have positions).

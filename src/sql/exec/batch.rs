@@ -228,7 +228,7 @@ impl Batches {
                     return Ok::<_, DataFusionError>(None);
                 }
                 let start = std::time::Instant::now();
-                let ids = run.allowed_ids().await?;
+                let ids = run.index_ids(run.allowed_ids().await?);
                 run.counts.filter_time.add_elapsed(start);
                 run.counts.allowed_rows.add(ids.len());
                 Ok(Some(Arc::new(ids)))
@@ -350,7 +350,8 @@ impl Batches {
         let Some(listed) = Listed::list(spec.table.base(), &run.state, &columns).await? else {
             return internal_err!("the batch search needs a table of Parquet files");
         };
-        let (batches, candidate_of) = run.rows_of(Candidates { ids: ids.clone(), vectors }, listed).await?;
+        let ntotal = found.first().map_or(0, |f| f.ntotal);
+        let (batches, candidate_of) = run.rows_of(Candidates { ids: ids.clone(), vectors, ntotal }, listed).await?;
         run.counts.add_table(&run.io);
         let schema = Arc::new(spec.table.schema().project(&spec.projection)?);
         let rows = concat_batches(&schema, &batches)?;
@@ -393,13 +394,19 @@ impl Run {
     /// is short (a filter) or ties past its candidates is searched again alone.
     async fn search_batch(&self, queries: &[f32], allowed: Option<&[i64]>) -> Result<(Vec<Option<Candidates>>, usize)> {
         let spec = &self.spec;
+        let keys = self.key_gate().await?;
         let mut index = spec.table.index(spec.cache_bytes).await?;
         let d = index.info().dimension;
         let nprobe = spec.nprobe_for(index.info(), allowed);
         let want = spec.candidates() + 1;
         let threads = self.context.session_config().target_partitions();
         let options = SearchOptions { allowed, codes: spec.vectors_from_index, threads };
-        let (current, result) = futures::join!(index.check(), index.search_with(queries, want, nprobe, options));
+        let (current, pinned, result) =
+            futures::join!(index.check(), self.pinned_here(), index.search_with(queries, want, nprobe, options));
+        if !pinned? {
+            // Replaced since planning: every query is answered from the part's rows.
+            return Ok((queries.chunks_exact(d).map(|_| None).collect(), 0));
+        }
         let result = match current.and(result) {
             Err(e) if registry::is_changed(&e) => {
                 registry::forget(spec.table.location(), &index);
@@ -412,16 +419,20 @@ impl Run {
         self.counts.add_search(&result.stats);
         self.counts.nprobe.add(nprobe);
         let codes = spec.codes(index.info(), &result);
+        let ntotal = index.info().ntotal;
         let (mut out, mut alone) = (vec![], 0);
         for (q, query) in queries.chunks_exact(d).enumerate() {
             let mut found = Found::of(&result, q * want..(q + 1) * want);
-            if found.0.len() < spec.k || found.ties_past(spec.k, want) {
+            let last = (found.0.len() == want).then(|| found.0[want - 1].1);
+            let dropped = found.standing(|id| self.to_part(keys.as_deref(), id));
+            if found.0.len() < spec.k || found.ties_past(spec.k, last) || (dropped > 0 && found.0.len() <= spec.candidates()) {
                 out.push(self.search(query, allowed).await?);
                 alone += 1;
                 continue;
             }
+            self.counts.dropped_hits.add(dropped);
             found.keep(spec.k, spec.candidates());
-            out.push(Some(found.candidates(codes)));
+            out.push(Some(found.candidates(codes, ntotal)));
         }
         Ok((out, alone))
     }

@@ -9,7 +9,7 @@
 //! locations where the writer left no page index ([`footer`]), and the pages holding the
 //! rows, fetched beforehand for every file in one wave ([`reader`]).
 
-mod footer;
+pub(crate) mod footer;
 pub(crate) mod keys;
 mod reader;
 
