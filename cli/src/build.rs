@@ -13,7 +13,7 @@ use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::{DataType, Int64Type};
 use datafusion::prelude::{ParquetReadOptions, SessionContext};
 use datafusion_faiss::{IvfIndexBuilder, Metric};
-use datafusion_faiss::sql::shards;
+use datafusion_faiss::sql::manifest::{self, Manifest};
 use futures::{StreamExt, TryStreamExt};
 use indicatif::{HumanBytes, ProgressBar, ProgressStyle};
 use object_store::path::Path;
@@ -58,11 +58,27 @@ pub struct BuildArgs {
     #[arg(long, default_value_t = 1)]
     seed: u64,
     /// One index per Parquet file of --input (a folder): `part-0.parquet` gets
-    /// `<output>/part-0.faiss` and a sidecar `part-0.faiss.json` recording the file's
+    /// `<output>/part-0.faiss` and its manifest `part-0.faiss.json` recording the file's
     /// version; files whose index is up to date are skipped. Declare the table with
     /// OPTIONS ('index' '<output>/').
     #[arg(long, requires = "input", conflicts_with_all = ["query", "tables"])]
     per_file: bool,
+}
+
+#[derive(clap::Args)]
+pub struct AttachArgs {
+    /// The Parquet file or folder the index was built from, as it is now.
+    #[arg(long, short)]
+    table: String,
+    /// The index: its manifest goes next to it (`<index>.json`).
+    #[arg(long, short)]
+    index: String,
+}
+
+/// `attach`: record the table's files as what the index covers.
+pub async fn attach(args: AttachArgs) -> CliResult {
+    record(&context()?, &args.table, &args.index).await?;
+    Ok(())
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -90,6 +106,13 @@ pub async fn run(args: BuildArgs) -> CliResult {
         register_parquet(&ctx, name, url).await?;
     }
     let key = (!args.positions).then_some(args.key);
+    // The files the index is built from, to record in its manifest (an index of a query's
+    // rows covers no file as a whole: it gets none).
+    let input = args.input.as_ref().filter(|_| args.query.is_none());
+    let before = match input {
+        Some(input) => Some(manifest_files(input).await?),
+        None => None,
+    };
     let query = match (&args.query, &args.input, &key) {
         (Some(q), _, _) => q.clone(),
         (None, Some(_), Some(key)) => format!("SELECT \"{key}\", \"{}\" FROM input", args.vector),
@@ -111,7 +134,44 @@ pub async fn run(args: BuildArgs) -> CliResult {
         seed: args.seed,
     };
     build(&ctx, &spec, &out).await?;
+    match (input, before) {
+        (Some(input), Some(before)) => {
+            if manifest_files(input).await? != before {
+                return Err(format!("{input} changed while it was indexed: no manifest written; build again").into());
+            }
+            record(&ctx, input, &args.output).await?;
+        }
+        _ => println!(
+            "note        built from a query: no manifest records which files the index covers, so the table must not change (see `attach`)"
+        ),
+    }
     Ok(())
+}
+
+/// The Parquet files at `url` now: path, size and ETag.
+async fn manifest_files(url: &str) -> CliResult<Vec<(String, u64, Option<String>)>> {
+    let at = Location::parse(url.trim_end_matches('/'))?;
+    let files: Vec<object_store::ObjectMeta> = match &at.file {
+        Some(f) if f.is_file() => vec![at.store.head(&at.path).await?],
+        _ => at.store.list(Some(&at.path)).try_collect().await?,
+    };
+    let mut files: Vec<_> = files
+        .into_iter()
+        .filter(|m| m.location.as_ref().ends_with(".parquet") || m.location == at.path)
+        .map(|m| (m.location.to_string(), m.size, m.e_tag))
+        .collect();
+    files.sort();
+    Ok(files)
+}
+
+/// Writes the manifest of the index at `index`, built from the files at `table` as they
+/// are now, and says so.
+pub async fn record(ctx: &SessionContext, table: &str, index: &str) -> CliResult<Manifest> {
+    let table_url = super::parse_url(table)?;
+    let index_url = super::parse_url(index)?;
+    let written = manifest::attach(&ctx.state(), table_url.as_str(), index_url.as_str()).await?;
+    println!("manifest    {index}.json: {} files, {} rows", written.files.len(), written.rows());
+    Ok(written)
 }
 
 /// `build --per-file`: an index and its sidecar per Parquet file of the input folder.
@@ -136,10 +196,10 @@ async fn per_file(args: BuildArgs) -> CliResult {
     for meta in files {
         let relative: Vec<_> = meta.location.prefix_match(&folder.path).into_iter().flatten().collect();
         let relative = relative.iter().map(|p| p.as_ref()).collect::<Vec<_>>().join("/");
-        let index = shards::shard_path(&out.path, &relative);
-        let sidecar = shards::sidecar_path(&index);
+        let index = manifest::shard_path(&out.path, &relative);
+        let sidecar = manifest::manifest_path(&index);
         let file_url = format!("{}/{relative}", input.trim_end_matches('/'));
-        let index_url = format!("{}/{}", args.output.trim_end_matches('/'), shards::shard_path(&Path::default(), &relative));
+        let index_url = format!("{}/{}", args.output.trim_end_matches('/'), manifest::shard_path(&Path::default(), &relative));
         if up_to_date(&out, &index, &sidecar, &meta).await {
             println!("up to date  {index_url} (built from {file_url} as it is now)");
             skipped += 1;
@@ -165,26 +225,22 @@ async fn per_file(args: BuildArgs) -> CliResult {
             seed: args.seed,
         };
         let at = Location::parse(&index_url)?;
-        let rows = build(&ctx, &spec, &at).await.map_err(|e| format!("{file_url}: {e}"))?;
-        let source = shards::ShardSource::of(&meta, rows);
-        out.store
-            .put(&sidecar, source.to_json().into())
-            .await
-            .map_err(|e| format!("{index_url}.json: writing: {e}"))?;
+        build(&ctx, &spec, &at).await.map_err(|e| format!("{file_url}: {e}"))?;
+        record(&ctx, &file_url, &index_url).await?;
         built += 1;
     }
     println!("shards      {built} built, {skipped} up to date");
     Ok(())
 }
 
-/// Whether `index` exists and its sidecar records `data` as it is now.
+/// Whether `index` exists and its manifest describes it, built from `data` as it is now.
 async fn up_to_date(out: &Location, index: &Path, sidecar: &Path, data: &object_store::ObjectMeta) -> bool {
-    if out.store.head(index).await.is_err() {
-        return false;
-    }
+    let Ok(index) = out.store.head(index).await else { return false };
     let Ok(got) = out.store.get(sidecar).await else { return false };
+    let own = got.meta.clone();
     let Ok(bytes) = got.bytes().await else { return false };
-    shards::ShardSource::from_json(&bytes, sidecar.as_ref()).is_ok_and(|s| s.matches(data))
+    Manifest::from_json(&bytes, sidecar.as_ref())
+        .is_ok_and(|m| m.describes(&index, &own) && m.files.len() == 1 && m.files[0].matches(data))
 }
 
 /// What to index and how.

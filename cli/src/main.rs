@@ -21,6 +21,9 @@ struct Args {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Record a table's Parquet files, as they are now, as what an index was built from
+    /// (for an index written elsewhere, e.g. by pip's faiss-cpu, from exactly those rows).
+    Attach(build::AttachArgs),
     /// Train and fill an IVF index from a Parquet table or a SQL query and publish it.
     Build(build::BuildArgs),
     /// The main job on local files: Fashion-MNIST as Parquet, indexed, queried by SQL.
@@ -41,6 +44,7 @@ fn version() -> &'static str {
 async fn main() {
     let args = Args::parse();
     let result = match args.command {
+        Command::Attach(a) => build::attach(a).await,
         Command::Build(a) => build::run(a).await,
         Command::Demo(a) => demo::run(a).await,
         Command::Inspect(a) => inspect::run(a).await,

@@ -138,7 +138,18 @@ fn io_line(plan: &Arc<dyn ExecutionPlan>) -> Option<String> {
             HumanBytes(bytes as u64)
         )
     };
-    Some(index + &rows)
+    Some(index + &rows + &coverage(sum("indexed_rows")?, sum("unindexed_rows")?))
+}
+
+/// A notice when over a tenth of the rows are in files no index covers.
+fn coverage(indexed: usize, unindexed: usize) -> String {
+    match unindexed * 10 > indexed + unindexed {
+        true => format!(
+            "\nnote: {unindexed} of {} rows are in files no index covers and were ranked exactly; `datafusion-faiss build --update` indexes them",
+            indexed + unindexed
+        ),
+        false => String::new(),
+    }
 }
 
 /// Complete statements in `text` (split at `;` outside quotes and comments) and the

@@ -345,7 +345,7 @@ fn per_file_shards_of_a_pyarrow_folder() {
     let q: Vec<String> = x[700 * 16..701 * 16].iter().map(|v| v.to_string()).collect();
     let select = format!("SELECT id, title FROM docs ORDER BY vec_distance(embedding, '[{}]'), id LIMIT 10", q.join(", "));
     let explain = ok(&["sql", "-c", &ddl, "-c", &format!("EXPLAIN {select}")], &[]);
-    assert!(explain.contains("shards=3"), "{explain}");
+    assert!(explain.contains("indexes=3 indexed_files=3"), "{explain}");
     let indexed = ok(&["sql", "-c", &ddl, "-c", "SET faiss.nprobe = 8", "-c", &select], &[]);
     let exact = ok(&["sql", "-c", &ddl, "-c", "SET faiss.enabled = false", "-c", &select], &[]);
     assert_eq!(ids(&indexed).len(), 10, "{indexed}");

@@ -184,9 +184,9 @@ pub(crate) async fn parts(table: &Arc<VectorTable>, state: &SessionState, cache_
         }
     }
     let uncovered: Vec<usize> = (0..files.len()).filter(|&i| !taken[i]).collect();
-    // One index over every file: the table itself.
+    // One index over every file as it recorded them: the table itself.
     if let [only] = planned.as_slice() {
-        if uncovered.is_empty() && !set.is_folder() {
+        if uncovered.is_empty() && only.stale == 0 && !set.is_folder() {
             let part = whole(false);
             let rows = if only.rows > 0 { only.rows } else { part.rows };
             return Ok(vec![Part { ids: only.ids.clone(), pinned: only.pinned.clone(), files: files.len(), rows, stale: only.stale, ..part }]);
