@@ -482,6 +482,10 @@ void FaissIndex::add(rust::Slice<const float> x, rust::Slice<const int64_t> ids,
     index_->add_with_ids(n, x.data(), ids.data());
 }
 
+void FaissIndex::reset() {
+    index_->reset();
+}
+
 void FaissIndex::write_file(rust::Str path) const {
     faiss::write_index(index_.get(), std::string(path).c_str());
 }

@@ -66,6 +66,7 @@ class FaissIndex {
     IndexInfo info() const;
     void train(rust::Slice<const float> x, size_t threads);
     void add(rust::Slice<const float> x, rust::Slice<const int64_t> ids, size_t threads);
+    void reset();
     void write_file(rust::Str path) const;
     void search(rust::Slice<const float> queries, size_t k, size_t nprobe,
                 rust::Slice<float> distances, rust::Slice<int64_t> labels) const;

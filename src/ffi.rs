@@ -81,6 +81,7 @@ pub(crate) mod bridge {
         fn info(self: &FaissIndex) -> IndexInfo;
         fn train(self: Pin<&mut FaissIndex>, x: &[f32], threads: usize) -> Result<()>;
         fn add(self: Pin<&mut FaissIndex>, x: &[f32], ids: &[i64], threads: usize) -> Result<()>;
+        fn reset(self: Pin<&mut FaissIndex>) -> Result<()>;
         fn write_file(self: &FaissIndex, path: &str) -> Result<()>;
         fn search(
             self: &FaissIndex,

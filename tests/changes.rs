@@ -194,7 +194,7 @@ async fn case(change: Change, keyed: bool) {
     match change {
         Change::None => assert!(!plan.contains("indexes="), "{what}: {plan}"),
         _ => assert!(
-            plan.contains(&format!("unindexed_files={unindexed} stale_files={stale}")),
+            plan.contains(&format!("uncovered_files={unindexed} stale_files={stale}")),
             "{what}: {plan}"
         ),
     }

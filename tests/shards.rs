@@ -75,7 +75,7 @@ async fn unindexed_and_rewritten_files_are_searched_exactly() {
     ctx.sql("SET faiss.nprobe = 8").await.unwrap();
 
     let plan = text(&ctx, &format!("EXPLAIN {}", top_k(0, ""))).await;
-    assert!(plan.contains("indexes=3 indexed_files=3 indexed_rows=6000 unindexed_files=1 stale_files=0"), "{plan}");
+    assert!(plan.contains("indexes=3 covered_files=3 covered_rows=6000 uncovered_files=1 stale_files=0"), "{plan}");
     for q in 0..4 {
         same_as_exact(&ctx, &top_k(q, "")).await;
         same_as_exact(&ctx, &top_k(q, "WHERE label = 3")).await;
@@ -102,7 +102,7 @@ async fn unindexed_and_rewritten_files_are_searched_exactly() {
     assert!(status.success());
     std::fs::rename(&shuffled, &part).unwrap();
     let plan = text(&ctx, &format!("EXPLAIN {}", top_k(0, ""))).await;
-    assert!(plan.contains("indexes=2 indexed_files=2 indexed_rows=4000 unindexed_files=2 stale_files=0"), "{plan}");
+    assert!(plan.contains("indexes=2 covered_files=2 covered_rows=4000 uncovered_files=2 stale_files=0"), "{plan}");
     for q in 0..4 {
         same_as_exact(&ctx, &top_k(q, "")).await;
     }

@@ -85,7 +85,7 @@ async fn sharded_table_through_ballista_equals_the_local_plan() {
         ctx.sql("SET faiss.nprobe = 8").await.unwrap().collect().await.unwrap();
     }
     let plan = text(&local, &format!("EXPLAIN SELECT id FROM docs ORDER BY vec_distance(embedding, {}) LIMIT 3", query(0))).await;
-    assert!(plan.contains("indexes=3 indexed_files=3") && plan.contains("unindexed_files=1"), "{plan}");
+    assert!(plan.contains("indexes=3 covered_files=3") && plan.contains("uncovered_files=1"), "{plan}");
 
     let mut statements = vec![];
     for q in 0..3 {

@@ -63,6 +63,12 @@ pub struct BuildArgs {
     /// OPTIONS ('index' '<output>/').
     #[arg(long, requires = "input", conflicts_with_all = ["query", "tables"])]
     per_file: bool,
+    /// Index only the files of --input that --output (an index with a manifest) and its
+    /// deltas do not cover, as a delta `<output stem>.delta-<time>.faiss` beside it that
+    /// reuses the index's training (no retraining); the table keeps being searched
+    /// through all of them. Give the index's --positions or --key and --metric.
+    #[arg(long, requires = "input", conflicts_with_all = ["query", "tables", "per_file", "factory", "train_size"])]
+    update: bool,
 }
 
 #[derive(clap::Args)]
@@ -95,6 +101,9 @@ const ADD_CHUNK: usize = 16_384;
 pub async fn run(args: BuildArgs) -> CliResult {
     if args.per_file {
         return per_file(args).await;
+    }
+    if args.update {
+        return update(args).await;
     }
     let ctx = context()?;
     let out = Location::parse(&args.output)?;
@@ -132,6 +141,7 @@ pub async fn run(args: BuildArgs) -> CliResult {
         metric: args.metric,
         train_size: args.train_size,
         seed: args.seed,
+        trained_from: None,
     };
     build(&ctx, &spec, &out).await?;
     match (input, before) {
@@ -145,6 +155,57 @@ pub async fn run(args: BuildArgs) -> CliResult {
             "note        built from a query: no manifest records which files the index covers, so the table must not change (see `attach`)"
         ),
     }
+    Ok(())
+}
+
+/// `build --update`: a delta index of the files no index of the set covers.
+async fn update(args: BuildArgs) -> CliResult {
+    let input = args.input.clone().expect("clap requires --input");
+    let ctx = context()?;
+    let (table, index) = (super::parse_url(&input)?, super::parse_url(&args.output)?);
+    let (store, files) = manifest::uncovered(&ctx.state(), table.as_str(), index.as_str()).await?;
+    if files.is_empty() {
+        println!("up to date  {} and its deltas cover every file of {input}", args.output);
+        return Ok(());
+    }
+    let names: Vec<&str> = files.iter().map(|m| m.location.filename().unwrap_or_default()).collect();
+    println!("update      {} file{} not covered: {}", files.len(), if files.len() == 1 { "" } else { "s" }, names.join(", "));
+    let root = datafusion::datasource::listing::ListingTableUrl::parse(table.as_str())?.object_store();
+    let urls: Vec<String> = files.iter().map(|m| format!("{}{}", root.as_str(), m.location)).collect();
+    register_files(&ctx, "input", &urls).await?;
+    let key = (!args.positions).then_some(args.key);
+    let query = match &key {
+        Some(key) => format!("SELECT \"{key}\", \"{}\" FROM input", args.vector),
+        None => {
+            ctx.sql("SET datafusion.execution.target_partitions = 1").await?;
+            format!("SELECT \"{}\" FROM input", args.vector)
+        }
+    };
+    let delta = manifest::next_delta(index.as_str());
+    let spec = Spec {
+        query,
+        key,
+        vector: args.vector,
+        factory: String::new(),
+        metric: args.metric,
+        train_size: None,
+        seed: args.seed,
+        trained_from: Some(Location::parse(index.as_str())?),
+    };
+    build(&ctx, &spec, &Location::parse(&delta)?).await?;
+    let written = manifest::record(&ctx.state(), &store, files, &delta).await?;
+    println!("manifest    {delta}.json: {} files, {} rows", written.files.len(), written.rows());
+    Ok(())
+}
+
+/// Registers the Parquet files `urls` (in path order) as table `name`.
+async fn register_files(ctx: &SessionContext, name: &str, urls: &[String]) -> CliResult {
+    use datafusion::datasource::file_format::parquet::ParquetFormat;
+    use datafusion::datasource::listing::{ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl};
+    let urls = urls.iter().map(ListingTableUrl::parse).collect::<Result<Vec<_>, _>>()?;
+    let options = ListingOptions::new(Arc::new(ParquetFormat::default()));
+    let config = ListingTableConfig::new_with_multi_paths(urls).with_listing_options(options).infer_schema(&ctx.state()).await?;
+    ctx.register_table(name, Arc::new(ListingTable::try_new(config)?))?;
     Ok(())
 }
 
@@ -223,6 +284,7 @@ async fn per_file(args: BuildArgs) -> CliResult {
             metric: args.metric,
             train_size: args.train_size,
             seed: args.seed,
+            trained_from: None,
         };
         let at = Location::parse(&index_url)?;
         build(&ctx, &spec, &at).await.map_err(|e| format!("{file_url}: {e}"))?;
@@ -253,6 +315,8 @@ pub struct Spec {
     pub metric: MetricArg,
     pub train_size: Option<usize>,
     pub seed: u64,
+    /// Start from this index emptied (its training reused) instead of training anew.
+    pub trained_from: Option<Location>,
 }
 
 /// Builds the index of `spec.query`'s rows, publishes it at `out` and prints a summary;
@@ -265,6 +329,10 @@ pub async fn build(ctx: &SessionContext, spec: &Spec, out: &Location) -> CliResu
     let mut rows = Rows::new(ctx, query, spec.key.as_deref(), &spec.vector, cosine).await?;
     // Pass 1: validate every row, count them, keep a sample.
     let bar = spinner("reading", "{prefix:>9} {spinner} {human_pos} rows  {per_sec}  {elapsed}");
+    let mut trained = match &spec.trained_from {
+        Some(at) => Some(IvfIndexBuilder::trained_like(at.store.clone(), &at.path).await.map_err(|e| format!("{}: {e}", at.url))?),
+        None => None,
+    };
     let mut sample = None;
     let mut stream = rows.stream(ctx).await?;
     let mut n = 0u64;
@@ -277,8 +345,18 @@ pub async fn build(ctx: &SessionContext, spec: &Spec, out: &Location) -> CliResu
             Some(s) => s,
             None => {
                 let d = rows.dimension.expect("set by the first row");
-                let builder = IvfIndexBuilder::new(d, &spec.factory, metric)?;
-                let size = spec.train_size.unwrap_or(64 * builder.nlist()).max(1);
+                let (builder, size) = match trained.take() {
+                    Some(b) if b.dimension() != d => {
+                        return Err(format!("the vectors have dimension {d}, the index to extend {}", b.dimension()).into())
+                    }
+                    // Trained already: no sample kept.
+                    Some(b) => (b, 0),
+                    None => {
+                        let b = IvfIndexBuilder::new(d, &spec.factory, metric)?;
+                        let size = spec.train_size.unwrap_or(64 * b.nlist()).max(1);
+                        (b, size)
+                    }
+                };
                 sample.insert((builder, Reservoir::new(size, d, spec.seed)))
             }
         };
@@ -291,7 +369,7 @@ pub async fn build(ctx: &SessionContext, spec: &Spec, out: &Location) -> CliResu
     let (mut builder, reservoir) = sample.ok_or_else(|| format!("{query:?} returned no rows: nothing to index"))?;
     let d = builder.dimension();
     let nlist = builder.nlist();
-    if (n as usize) < nlist {
+    if (n as usize) < nlist && spec.trained_from.is_none() {
         return Err(format!(
             "--factory {}: {nlist} lists but only {n} vectors; use fewer lists (FAISS wants 30 to 256 vectors per list)",
             spec.factory
@@ -303,7 +381,9 @@ pub async fn build(ctx: &SessionContext, spec: &Spec, out: &Location) -> CliResu
     let bar = spinner("training", "{prefix:>9} {spinner} {msg}  {elapsed}");
     bar.set_message(format!("{} on {} of {n} vectors, d={d}", spec.factory, reservoir.len()));
     let t = Instant::now();
-    tokio::task::block_in_place(|| builder.train(&reservoir.vectors))?;
+    if spec.trained_from.is_none() {
+        tokio::task::block_in_place(|| builder.train(&reservoir.vectors))?;
+    }
     bar.finish();
     let train_time = t.elapsed();
 

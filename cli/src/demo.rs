@@ -67,6 +67,7 @@ pub async fn run(args: DemoArgs) -> CliResult {
             metric: MetricArg::L2,
             train_size: None,
             seed: 1,
+            trained_from: None,
         };
         println!(
             "> datafusion-faiss build --input {} --factory {} --output {}",

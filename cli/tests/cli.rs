@@ -311,6 +311,88 @@ fn positions_index_of_a_pyarrow_folder() {
     assert_eq!(ids(&indexed), ids(&exact));
 }
 
+/// Changes a pyarrow file as tests/python/change_table.py does.
+fn change(args: &[&str]) {
+    let status = Command::new(common::root().join(".work/venv/bin/python"))
+        .arg(common::root().join("tests/python/change_table.py"))
+        .args(args)
+        .status()
+        .unwrap();
+    assert!(status.success(), "change_table.py {args:?}");
+}
+
+/// `build` records in a manifest which files the index covers; then the table changes
+/// (a file appended, one file's vectors rewritten) and the index plan stays exact, ranking
+/// those files exactly and saying so; `build --update` indexes only the files not covered,
+/// as a delta trained as the index is, after which no file is ranked exactly.
+#[test]
+fn build_update_after_the_table_changed() {
+    for positions in [true, false] {
+        let dir = tempfile::tempdir().unwrap();
+        let folder = dir.path().join("docs");
+        let (x, _) = common::pyarrow_table(&folder, 6_000, 16, 3, 6);
+        let table = format!("{}/", folder.display());
+        let index = dir.path().join("docs.faiss");
+        let index = index.to_str().unwrap();
+        let ids_arg: &[&str] = if positions { &["--positions"] } else { &[] };
+        let mut build = vec!["build", "--input", &table, "--factory", "IVF8,Flat", "--output", index];
+        build.extend(ids_arg);
+        let built = ok(&build, &[]);
+        assert!(built.contains(&format!("manifest    {index}.json: 3 files, 6000 rows")), "{built}");
+
+        let part = |name: &str| folder.join(name).to_str().unwrap().to_string();
+        change(&["append", &part("part-99.parquet"), "3", &part("part-00.parquet")]);
+        change(&["revector", &part("part-01.parquet"), "4"]);
+        let key = if positions { "" } else { "'key' 'id', " };
+        let ddl = format!(
+            "CREATE EXTERNAL TABLE docs STORED AS FAISS LOCATION '{table}' OPTIONS ('index' '{index}', {key}'vector' 'embedding')"
+        );
+        let select = |row: usize| {
+            let q: Vec<String> = x[row * 16..(row + 1) * 16].iter().map(|v| v.to_string()).collect();
+            format!("SELECT id, title FROM docs ORDER BY vec_distance(embedding, '[{}]'), id LIMIT 10", q.join(", "))
+        };
+        let same_as_exact = |row: usize| {
+            let indexed = ok(&["sql", "-c", &ddl, "-c", "SET faiss.nprobe = 8", "-c", &select(row)], &[]);
+            let exact = ok(&["sql", "-c", &ddl, "-c", "SET faiss.enabled = false", "-c", &select(row)], &[]);
+            assert_eq!(ids(&indexed).len(), 10, "{indexed}");
+            assert_eq!(ids(&indexed), ids(&exact), "positions {positions}, row {row}");
+            indexed
+        };
+        let explain = ok(&["sql", "-c", &ddl, "-c", &format!("EXPLAIN {}", select(0))], &[]);
+        assert!(
+            explain.contains("indexes=1 covered_files=2 covered_rows=4000 uncovered_files=2 stale_files=1"),
+            "{explain}"
+        );
+        for row in [100, 2_100, 4_100] {
+            let indexed = same_as_exact(row);
+            // 3,000 of 9,000 rows (1,000 new, 2,000 rewritten) are ranked exactly.
+            assert!(indexed.contains("build --update"), "{indexed}");
+        }
+
+        let mut update = vec!["build", "--update", "--input", &table, "--output", index];
+        update.extend(ids_arg);
+        let updated = ok(&update, &[]);
+        assert!(updated.contains("update      2 files not covered: part-01.parquet, part-99.parquet"), "{updated}");
+        // The delta's manifest names just the two files it read.
+        let delta = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| p.to_str().unwrap().contains("docs.delta-") && p.to_str().unwrap().ends_with(".faiss.json"))
+            .unwrap_or_else(|| panic!("no delta manifest: {updated}"));
+        let manifest: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&delta).unwrap()).unwrap();
+        let files: Vec<&str> = manifest["files"].as_array().unwrap().iter().map(|f| f["path"].as_str().unwrap()).collect();
+        assert_eq!(files.len(), 2, "{files:?}");
+        assert!(files[0].ends_with("part-01.parquet") && files[1].ends_with("part-99.parquet"), "{files:?}");
+        let explain = ok(&["sql", "-c", &ddl, "-c", &format!("EXPLAIN {}", select(0))], &[]);
+        assert!(explain.contains("indexes=2 covered_files=4") && explain.contains("uncovered_files=0"), "{explain}");
+        for row in [100, 2_100, 4_100] {
+            let indexed = same_as_exact(row);
+            assert!(!indexed.contains("build --update"), "{indexed}");
+        }
+        assert!(ok(&update, &[]).contains("up to date"));
+    }
+}
+
 /// `build --per-file` on a pyarrow folder: an index and a sidecar per file, up-to-date
 /// files skipped on the next run, a rewritten file rebuilt; the sharded table's index plan
 /// equals the exact plan.
@@ -325,9 +407,11 @@ fn per_file_shards_of_a_pyarrow_folder() {
     assert!(first.contains("shards      3 built, 0 up to date"), "{first}");
     for f in 0..3 {
         let sidecar = std::fs::read_to_string(folder.join(format!("part-{f:02}.faiss.json"))).unwrap();
-        let source: serde_json::Value = serde_json::from_str(&sidecar).unwrap();
-        assert_eq!(source["rows"], 2000, "{sidecar}");
-        assert!(source["path"].as_str().unwrap().ends_with(&format!("part-{f:02}.parquet")), "{sidecar}");
+        let manifest: serde_json::Value = serde_json::from_str(&sidecar).unwrap();
+        let files = manifest["files"].as_array().unwrap();
+        assert_eq!(files.len(), 1, "{sidecar}");
+        assert_eq!(files[0]["rows"], 2000, "{sidecar}");
+        assert!(files[0]["path"].as_str().unwrap().ends_with(&format!("part-{f:02}.parquet")), "{sidecar}");
     }
     let again = ok(&build, &[]);
     assert!(again.contains("shards      0 built, 3 up to date"), "{again}");
@@ -345,7 +429,7 @@ fn per_file_shards_of_a_pyarrow_folder() {
     let q: Vec<String> = x[700 * 16..701 * 16].iter().map(|v| v.to_string()).collect();
     let select = format!("SELECT id, title FROM docs ORDER BY vec_distance(embedding, '[{}]'), id LIMIT 10", q.join(", "));
     let explain = ok(&["sql", "-c", &ddl, "-c", &format!("EXPLAIN {select}")], &[]);
-    assert!(explain.contains("indexes=3 indexed_files=3"), "{explain}");
+    assert!(explain.contains("indexes=3 covered_files=3"), "{explain}");
     let indexed = ok(&["sql", "-c", &ddl, "-c", "SET faiss.nprobe = 8", "-c", &select], &[]);
     let exact = ok(&["sql", "-c", &ddl, "-c", "SET faiss.enabled = false", "-c", &select], &[]);
     assert_eq!(ids(&indexed).len(), 10, "{indexed}");

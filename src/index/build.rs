@@ -44,6 +44,21 @@ impl IvfIndexBuilder {
         Ok(IvfIndexBuilder { inner, dimension, factory: factory.to_string(), threads })
     }
 
+    /// An empty index trained as the index stored at `path` is: its transforms, coarse
+    /// quantizer and codes reused, its vectors dropped (FAISS's `reset`). Vectors added to
+    /// it are assigned and encoded exactly as they would be in that index: a delta
+    /// index, built without training.
+    pub async fn trained_like(store: Arc<dyn ObjectStore>, path: &Path) -> Result<IvfIndexBuilder> {
+        let mut inner = super::InMemoryIndex::load(store, path).await?.into_inner();
+        inner.pin_mut().reset().map_err(|e| Error::Build(format!("emptying {path}: {}", e.what())))?;
+        let info = inner.info();
+        if !info.unsupported.is_empty() {
+            return Err(Error::Build(format!("{path} is {}, which cannot be searched in place", info.unsupported)));
+        }
+        let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+        Ok(IvfIndexBuilder { dimension: info.d, factory: info.description.clone(), inner, threads })
+    }
+
     /// OpenMP threads FAISS uses to train and add (default: all cores).
     pub fn threads(mut self, threads: usize) -> Self {
         self.threads = threads.max(1);

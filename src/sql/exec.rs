@@ -160,8 +160,8 @@ fn fmt_parts(parts: &[Part], f: &mut fmt::Formatter) -> fmt::Result {
     if parts.len() > 1 || unindexed > 0 || stale > 0 || indexed.is_empty() {
         let files: usize = indexed.iter().map(|p| p.files).sum();
         let rows: u64 = indexed.iter().map(|p| p.rows).sum();
-        write!(f, " indexes={} indexed_files={files} indexed_rows={rows}", indexed.len())?;
-        write!(f, " unindexed_files={unindexed} stale_files={stale}")?;
+        write!(f, " indexes={} covered_files={files} covered_rows={rows}", indexed.len())?;
+        write!(f, " uncovered_files={unindexed} stale_files={stale}")?;
     }
     Ok(())
 }

@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use datafusion::common::{plan_err, DataFusionError, Result};
 use datafusion::datasource::listing::ListingTableUrl;
+use datafusion::execution::context::SessionState;
 use datafusion::execution::runtime_env::RuntimeEnv;
 use futures::TryStreamExt;
 use object_store::path::Path;
@@ -306,18 +307,23 @@ pub(crate) async fn parquet_files(
 /// index built from exactly those rows (in path order, rows in file order, for an index of
 /// positions): by `build`, or by pip's faiss-cpu just before. Fails when the index holds
 /// another number of vectors than the files have rows.
-pub async fn attach(state: &datafusion::execution::context::SessionState, table: &str, index: &str) -> Result<Manifest> {
-    let runtime = state.runtime_env();
+pub async fn attach(state: &SessionState, table: &str, index: &str) -> Result<Manifest> {
     let url = ListingTableUrl::parse(table)?;
-    let store = runtime.object_store(url.object_store())?;
+    let store = state.runtime_env().object_store(url.object_store())?;
     let files = parquet_files(&store, &url, ".parquet").await?;
     if files.is_empty() {
         return plan_err!("attach: no Parquet files at {table}");
     }
+    record(state, &store, files.into_iter().map(|(_, m)| m).collect(), index).await
+}
+
+/// [`attach`] for the files `files` of `store`.
+pub async fn record(state: &SessionState, store: &Arc<dyn ObjectStore>, files: Vec<ObjectMeta>, index: &str) -> Result<Manifest> {
+    let runtime = state.runtime_env();
     let io = Arc::new(super::rows::TableIo::default());
     let mut with_rows = vec![];
-    for (_, meta) in files {
-        let footer = super::rows::footer::footer(&store, &meta, &io).await?;
+    for meta in files {
+        let footer = super::rows::footer::footer(store, &meta, &io).await?;
         with_rows.push((meta, footer.rows()));
     }
     let at = IndexLocation::resolve(index, runtime)?;
@@ -328,11 +334,55 @@ pub async fn attach(state: &datafusion::execution::context::SessionState, table:
     let (ntotal, rows) = (opened.info().ntotal, manifest.rows());
     if ntotal != rows {
         return plan_err!(
-            "attach: index {index} holds {ntotal} vectors but the files at {table} have {rows} rows: it was not built from exactly these rows"
+            "attach: index {index} holds {ntotal} vectors but the {} files given have {rows} rows: it was not built from exactly these rows",
+            manifest.files.len()
         );
     }
     manifest.publish(store_of(&at, runtime)?.as_ref(), at.path()).await?;
     Ok(manifest)
+}
+
+/// The Parquet files of `table` now that no index of the set `index` names (it and its
+/// deltas) covers: what `build --update` indexes. Fails when the named index has no
+/// manifest: what it covers is unknown.
+pub async fn uncovered(state: &SessionState, table: &str, index: &str) -> Result<(Arc<dyn ObjectStore>, Vec<ObjectMeta>)> {
+    let runtime = state.runtime_env();
+    let url = ListingTableUrl::parse(table)?;
+    let store = runtime.object_store(url.object_store())?;
+    let files = parquet_files(&store, &url, ".parquet").await?;
+    let set = IndexSet::new(index, runtime)?;
+    let mut covered = std::collections::HashSet::new();
+    for (n, object) in set.list(runtime).await?.into_iter().enumerate() {
+        let Some(at) = &object.manifest else {
+            if n == 0 {
+                return plan_err!("index {index} has no manifest, so what it covers is unknown: record it with `attach` (if it was built from the table as it is) or build it anew");
+            }
+            continue;
+        };
+        let manifest = set.manifest(at).await?;
+        if !manifest.describes(&object.meta, at) {
+            continue;
+        }
+        for (i, (_, meta)) in files.iter().enumerate() {
+            if manifest.files.iter().any(|f| f.matches(meta)) {
+                covered.insert(i);
+            }
+        }
+    }
+    let left = files.into_iter().enumerate().filter(|(i, _)| !covered.contains(i)).map(|(_, (_, m))| m).collect();
+    Ok((store, left))
+}
+
+/// A new delta's URL next to the index at `index`: `x.faiss` → `x.delta-<ms since 1970>.faiss`,
+/// so that deltas sort by age.
+pub fn next_delta(index: &str) -> String {
+    let ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_millis();
+    let (folder, name) = index.rsplit_once('/').unwrap_or(("", index));
+    let name = format!("{}{ms:013}.faiss", delta_prefix(name));
+    match folder.is_empty() && !index.starts_with('/') {
+        true => name,
+        false => format!("{folder}/{name}"),
+    }
 }
 
 fn store_of(at: &IndexLocation, runtime: &RuntimeEnv) -> Result<Arc<dyn ObjectStore>> {
