@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The benchmark report: installs what is missing, starts the SeaweedFS S3 server on
 # 127.0.0.1, measures, and writes .work/bench/report.{md,json,png} (the shard rows, made by
-# the Ballista crate's bench, appended to report.md). Data, indexes and
+# the Ballista crate's bench, and the changing-table rows, by the CLI's, appended to report.md). Data, indexes and
 # exact neighbours are made on the first run and kept in .work/bench.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -9,9 +9,12 @@ cd "$(dirname "$0")/.."
 scripts/setup.sh
 scripts/s3.sh start
 trap 'scripts/s3.sh stop' EXIT
-# DFF_REPORT=shards: only the shard rows (ballista/benches/shards.rs).
+# DFF_REPORT=shards: only the shard rows (ballista/benches/shards.rs) and the rows of
+# tables that change (cli/benches/changes.rs).
 if [ "${DFF_REPORT:-}" != shards ]; then
   cargo bench -p datafusion-faiss --bench report "$@"
 fi
 cargo bench -p datafusion-faiss-ballista --bench shards "$@"
 cat .work/bench/shards.md >> .work/bench/report.md
+cargo bench -p datafusion-faiss-cli --bench changes "$@"
+cat .work/bench/changes.md >> .work/bench/report.md

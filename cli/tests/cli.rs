@@ -88,7 +88,7 @@ fn build_inspect_sql_on_local_files() {
     let index = dir.path().join("out/docs.faiss");
     round_trip(table.to_str().unwrap(), index.to_str().unwrap(), &docs, &[]);
     let names: Vec<_> = std::fs::read_dir(dir.path().join("out")).unwrap().map(|e| e.unwrap().file_name()).collect();
-    assert_eq!(names, ["docs.faiss"], "temporary files left behind");
+    assert_eq!(names, ["docs.faiss", "docs.faiss.json"], "temporary files left behind");
 }
 
 #[test]
@@ -149,7 +149,7 @@ async fn build_inspect_sql_on_s3() {
     let index = format!("s3://{bucket}/{prefix}/docs.faiss");
     tokio::task::spawn_blocking(move || round_trip(&table, &index, &docs, &env)).await.unwrap();
     let listed = list(&*store, &prefix).await;
-    assert_eq!(listed, ["docs.faiss", "docs.parquet"], "temporary objects left behind");
+    assert_eq!(listed, ["docs.faiss", "docs.faiss.json", "docs.parquet"], "temporary objects left behind");
 
     // A failed upload (the server refuses the keys) leaves nothing, and says so in one line.
     let dir = tempfile::tempdir().unwrap();
@@ -166,7 +166,7 @@ async fn build_inspect_sql_on_s3() {
         stderr.starts_with("error: ") && stderr.lines().count() == 1 && stderr.contains("refused.faiss"),
         "{stderr}"
     );
-    assert_eq!(list(&*store, &prefix).await, ["docs.faiss", "docs.parquet"], "{stderr}");
+    assert_eq!(list(&*store, &prefix).await, ["docs.faiss", "docs.faiss.json", "docs.parquet"], "{stderr}");
 }
 
 fn s3_env() -> Vec<(&'static str, String)> {

@@ -251,7 +251,7 @@ impl IndexSet {
         if !self.is_folder() {
             match by_path.contains_key(prefix) {
                 true => indexes.insert(0, prefix.clone()),
-                false => return plan_err!("FAISS index {}: no such object", self.url),
+                false => return plan_err!("FAISS index {}: not found", self.url),
             }
         }
         let root = self.url.object_store();
@@ -353,16 +353,16 @@ pub async fn uncovered(state: &SessionState, table: &str, index: &str) -> Result
     let set = IndexSet::new(index, runtime)?;
     let mut covered = std::collections::HashSet::new();
     for (n, object) in set.list(runtime).await?.into_iter().enumerate() {
-        let Some(at) = &object.manifest else {
+        let manifest = match &object.manifest {
+            Some(at) => Some(set.manifest(at).await?).filter(|m| m.describes(&object.meta, at)),
+            None => None,
+        };
+        let Some(manifest) = manifest else {
             if n == 0 {
-                return plan_err!("index {index} has no manifest, so what it covers is unknown: record it with `attach` (if it was built from the table as it is) or build it anew");
+                return plan_err!("index {index} has no manifest describing it, so what it covers is unknown: record it with `attach` (if it was built from the table as it is) or build it anew");
             }
             continue;
         };
-        let manifest = set.manifest(at).await?;
-        if !manifest.describes(&object.meta, at) {
-            continue;
-        }
         for (i, (_, meta)) in files.iter().enumerate() {
             if manifest.files.iter().any(|f| f.matches(meta)) {
                 covered.insert(i);

@@ -125,17 +125,14 @@ pub(crate) async fn parts(table: &Arc<VectorTable>, state: &SessionState, cache_
     let mut taken = vec![false; files.len()];
     let mut planned: Vec<Planned> = vec![];
     for (n, index) in indexes.into_iter().enumerate() {
+        // A manifest that does not describe its index (replaced since, or being
+        // published) is as good as none.
         let manifest = match &index.manifest {
-            Some(at) => Some((set.manifest(at).await?, at)),
+            Some(at) => Some(set.manifest(at).await?).filter(|m| m.describes(&index.meta, at)),
             None => None,
         };
         let plan = match manifest {
-            Some((manifest, at)) => {
-                // An index replaced after its manifest was written (or being published)
-                // covers nothing until a manifest describes it.
-                if !manifest.describes(&index.meta, at) {
-                    continue;
-                }
+            Some(manifest) => {
                 let (mut covered, mut spans, mut part, mut stale, mut rows) = (vec![], vec![], 0, 0, 0);
                 for entry in &manifest.files {
                     match by_path.get(entry.path.as_str()).filter(|&&i| !taken[i] && entry.matches(&files[i].1)) {
@@ -176,7 +173,7 @@ pub(crate) async fn parts(table: &Arc<VectorTable>, state: &SessionState, cache_
                 let files = (0..files.len()).collect();
                 Planned { index, files, ids: Ids::Trusted, pinned: None, rows: 0, stale: 0 }
             }
-            // A delta without manifest was never published.
+            // A delta without manifest was never (or is not yet) published.
             None => continue,
         };
         if !plan.files.is_empty() {

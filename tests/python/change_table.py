@@ -1,8 +1,8 @@
 """Changes a Parquet file as lake pipelines do, rewriting it with pyarrow's defaults.
 
-usage: change_table.py OP FILE SEED [SOURCE]
-  append   FILE SEED SOURCE: writes FILE, new rows near SOURCE's (each vector moved by a
-           little noise), with new ids (10**9 + i)
+usage: change_table.py OP FILE SEED [SOURCE [ROWS]]
+  append   FILE SEED SOURCE [ROWS]: writes FILE, ROWS (default: half SOURCE's) new rows
+           near SOURCE's (each vector moved by a little noise), with new ids (10**9 + i)
   delete   FILE SEED: keeps a random half of FILE's rows
   reorder  FILE SEED: FILE's rows in random order
   revector FILE SEED: FILE's vectors replaced by others near other rows, ids kept
@@ -30,8 +30,8 @@ def vectors(table):
 
 if op == "append":
     source = pq.read_table(sys.argv[4])
-    n = source.num_rows // 2
-    picked = source.take(rng.choice(source.num_rows, n, replace=False))
+    n = int(sys.argv[5]) if len(sys.argv) > 5 else source.num_rows // 2
+    picked = source.take(rng.choice(source.num_rows, n, replace=n > source.num_rows))
     x = vectors(picked) + rng.normal(scale=0.01, size=(n, vectors(picked).shape[1])).astype(np.float32)
     ids = np.arange(n, dtype=np.int64) + 10**9
     table = pa.table({
