@@ -19,6 +19,7 @@
 #include <faiss/IndexIVFPQ.h>
 #include <faiss/IndexIVFRaBitQ.h>
 #include <faiss/IndexPreTransform.h>
+#include <faiss/IVFlib.h>
 #include <faiss/IndexScalarQuantizer.h>
 #include <faiss/VectorTransform.h>
 #include <faiss/impl/io.h>
@@ -482,10 +483,6 @@ void FaissIndex::add(rust::Slice<const float> x, rust::Slice<const int64_t> ids,
     index_->add_with_ids(n, x.data(), ids.data());
 }
 
-void FaissIndex::reset() {
-    index_->reset();
-}
-
 void FaissIndex::write_file(rust::Str path) const {
     faiss::write_index(index_.get(), std::string(path).c_str());
 }
@@ -499,6 +496,20 @@ void FaissIndex::search(rust::Slice<const float> queries, size_t k, size_t nprob
     faiss::SearchParametersIVF params;
     params.nprobe = nprobe;
     index_->search(n, queries.data(), k, distances.data(), labels.data(), &params);
+}
+
+std::unique_ptr<FaissIndex> empty_like(HeaderSource& src) {
+    register_hook();
+    HeaderReader reader(src);
+    std::unique_ptr<faiss::Index> root(faiss::read_index(&reader, hook_flags()));
+    faiss::IndexIVF* ivf = faiss::ivflib::try_extract_index_ivf(root.get());
+    if (ivf == nullptr || !reader.lists_seen) {
+        throw std::runtime_error("not an IVF index whose lists can be left unread");
+    }
+    // The lists read as sizes only become empty lists that take vectors.
+    ivf->replace_invlists(new faiss::ArrayInvertedLists(ivf->nlist, ivf->code_size), true);
+    root->reset();
+    return std::make_unique<FaissIndex>(root.release());
 }
 
 std::unique_ptr<FaissIndex> new_index(size_t d, rust::Str factory, int32_t metric) {

@@ -66,7 +66,6 @@ class FaissIndex {
     IndexInfo info() const;
     void train(rust::Slice<const float> x, size_t threads);
     void add(rust::Slice<const float> x, rust::Slice<const int64_t> ids, size_t threads);
-    void reset();
     void write_file(rust::Str path) const;
     void search(rust::Slice<const float> queries, size_t k, size_t nprobe,
                 rust::Slice<float> distances, rust::Slice<int64_t> labels) const;
@@ -77,5 +76,6 @@ class FaissIndex {
 
 std::unique_ptr<FaissIndex> new_index(size_t d, rust::Str factory, int32_t metric);
 std::unique_ptr<FaissIndex> read_full(rust::Slice<const uint8_t> bytes);
+std::unique_ptr<FaissIndex> empty_like(HeaderSource& src);
 
 } // namespace dff

@@ -78,10 +78,11 @@ pub(crate) mod bridge {
         type FaissIndex;
         fn new_index(d: usize, factory: &str, metric: i32) -> Result<UniquePtr<FaissIndex>>;
         fn read_full(bytes: &[u8]) -> Result<UniquePtr<FaissIndex>>;
+        /// The index at `src` read header only, its lists emptied: trained, no vectors.
+        fn empty_like(src: &mut HeaderSource) -> Result<UniquePtr<FaissIndex>>;
         fn info(self: &FaissIndex) -> IndexInfo;
         fn train(self: Pin<&mut FaissIndex>, x: &[f32], threads: usize) -> Result<()>;
         fn add(self: Pin<&mut FaissIndex>, x: &[f32], ids: &[i64], threads: usize) -> Result<()>;
-        fn reset(self: Pin<&mut FaissIndex>) -> Result<()>;
         fn write_file(self: &FaissIndex, path: &str) -> Result<()>;
         fn search(
             self: &FaissIndex,

@@ -298,3 +298,97 @@ async fn without_manifest_refuses_what_it_cannot_check() {
         assert!(attached.unwrap_err().to_string().contains("not built from exactly these rows"));
     }
 }
+
+/// The new file's keys and vectors, read back as DataFusion reads them.
+async fn rows_of(file: &Path) -> (Vec<i64>, Vec<f32>) {
+    use datafusion::arrow::array::{AsArray, FixedSizeListArray};
+    use datafusion::arrow::datatypes::{Float32Type, Int64Type};
+    let ctx = SessionContext::new();
+    ctx.register_parquet("new", file.to_str().unwrap(), Default::default()).await.unwrap();
+    let batches = ctx.sql("SELECT id, embedding FROM new").await.unwrap().collect().await.unwrap();
+    let (mut ids, mut x) = (vec![], vec![]);
+    for b in &batches {
+        ids.extend(b.column(0).as_primitive::<Int64Type>().values().iter().copied());
+        let list: &FixedSizeListArray = b.column(1).as_fixed_size_list();
+        x.extend(list.values().as_primitive::<Float32Type>().values().iter().copied());
+    }
+    (ids, x)
+}
+
+/// `build --update`'s steps through the Rust API, with a reader (its own session)
+/// comparing the index plan with the exact plan all along: a file appended; a delta
+/// trained as the index is (`IvfIndexBuilder::trained_like`: no training) published
+/// beside it; then its manifest recorded (`manifest::record`). Until the manifest exists
+/// the delta is not used and the new file is ranked exactly; after it, the new file is
+/// searched through the delta. No answer differs from the exact plan at any point.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn update_through_the_api_with_a_reader_all_along() {
+    use datafusion_faiss::IvfIndexBuilder;
+    use datafusion_faiss::sql::manifest;
+    use object_store::local::LocalFileSystem;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    for keyed in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        let folder = dir.path().join("docs");
+        let (x, ids) = pyarrow_table(&folder, ROWS, D, FILES, 34);
+        let index = dir.path().join("docs.faiss");
+        std::fs::write(&index, pip_index(&x, keyed.then_some(&ids[..]), dir.path())).unwrap();
+        let table = format!("{}/", folder.display());
+        let ctx = context(None);
+        manifest::attach(&ctx.state(), &table, index.to_str().unwrap()).await.unwrap();
+        create(&ctx, "docs", &table, index.to_str().unwrap(), keyed).await;
+        ctx.sql("SET faiss.nprobe = 32").await.unwrap();
+        apply(&folder, Change::AppendLast);
+
+        let reader = context(None);
+        create(&reader, "docs", &table, index.to_str().unwrap(), keyed).await;
+        reader.sql("SET faiss.nprobe = 32").await.unwrap();
+        let (stop, rounds) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicUsize::new(0)));
+        let reading = {
+            let (stop, rounds, x) = (stop.clone(), rounds.clone(), x.clone());
+            tokio::spawn(async move {
+                while !stop.load(Ordering::Relaxed) || rounds.load(Ordering::Relaxed) == 0 {
+                    same_as_exact(&reader, &top_k(&x, 3_100, ""), "reader during the update").await;
+                    rounds.fetch_add(1, Ordering::Relaxed);
+                }
+            })
+        };
+
+        let explain = |ctx: SessionContext, x: Vec<f32>| async move { text(&ctx, &format!("EXPLAIN {}", top_k(&x, 5, ""))).await };
+        let new = folder.join("part-99.parquet");
+        let (new_ids, new_x) = rows_of(&new).await;
+        let store: Arc<dyn ObjectStore> = Arc::new(LocalFileSystem::new());
+        let main = object_store::path::Path::from_absolute_path(&index).unwrap();
+        let mut builder = IvfIndexBuilder::trained_like(store.clone(), &main).await.unwrap();
+        let numbering: Vec<i64> = match keyed {
+            true => new_ids.clone(),
+            false => (0..new_ids.len() as i64).collect(),
+        };
+        builder = tokio::task::spawn_blocking(move || {
+            builder.add(&new_x, &numbering).unwrap();
+            builder
+        })
+        .await
+        .unwrap();
+        let delta = manifest::next_delta(index.to_str().unwrap());
+        let delta_path = object_store::path::Path::from_absolute_path(&delta).unwrap();
+        builder.write(store.clone(), &delta_path).await.unwrap();
+        // Published, not yet recorded: not used.
+        let plan = explain(ctx.clone(), x.clone()).await;
+        assert!(plan.contains("indexes=1 ") && plan.contains("uncovered_files=1"), "{plan}");
+        check_all(&ctx, &x, "delta without manifest").await;
+
+        let new_meta = store.head(&object_store::path::Path::from_absolute_path(&new).unwrap()).await.unwrap();
+        let recorded = manifest::record(&ctx.state(), &store, vec![new_meta], &delta).await.unwrap();
+        assert_eq!(recorded.rows(), new_ids.len() as u64);
+        let plan = explain(ctx.clone(), x.clone()).await;
+        assert!(plan.contains("indexes=2 covered_files=4") && plan.contains("uncovered_files=0"), "{plan}");
+        check_all(&ctx, &x, "delta recorded").await;
+        // The new rows are found through the delta now: none is read exactly.
+        assert_eq!(metric(&ctx, &top_k(&x, 3_100, ""), "unindexed_rows").await, 0);
+
+        stop.store(true, Ordering::Relaxed);
+        reading.await.unwrap();
+        assert!(rounds.load(Ordering::Relaxed) > 0);
+    }
+}

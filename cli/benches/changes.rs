@@ -135,7 +135,7 @@ fn main() {
         .map(|i| {
             let row = (i * 7919 + 13) % rows;
             let q: Vec<String> = x[row * D..(row + 1) * D].iter().map(|v| v.to_string()).collect();
-            format!("SELECT id, label FROM docs ORDER BY vec_distance(embedding, '[{}]'), id LIMIT 10", q.join(", "))
+            format!("SELECT id, label, vec_distance(embedding, '[{}]') AS d FROM docs ORDER BY d, id LIMIT 10", q.join(", "))
         })
         .collect();
     let ddl = format!(

@@ -45,12 +45,11 @@ impl IvfIndexBuilder {
     }
 
     /// An empty index trained as the index stored at `path` is: its transforms, coarse
-    /// quantizer and codes reused, its vectors dropped (FAISS's `reset`). Vectors added to
-    /// it are assigned and encoded exactly as they would be in that index: a delta
-    /// index, built without training.
+    /// quantizer and codes reused, no vectors. Read header only (the lists are never
+    /// fetched), as a search opens it. Vectors added to it are assigned and encoded exactly
+    /// as they would be in that index: a delta index, built without training.
     pub async fn trained_like(store: Arc<dyn ObjectStore>, path: &Path) -> Result<IvfIndexBuilder> {
-        let mut inner = super::InMemoryIndex::load(store, path).await?.into_inner();
-        inner.pin_mut().reset().map_err(|e| Error::Build(format!("emptying {path}: {}", e.what())))?;
+        let inner = super::empty_like(store, path).await?;
         let info = inner.info();
         if !info.unsupported.is_empty() {
             return Err(Error::Build(format!("{path} is {}, which cannot be searched in place", info.unsupported)));

@@ -42,11 +42,6 @@ impl InMemoryIndex {
         tokio::task::spawn_blocking(move || InMemoryIndex::from_shared(bytes)).await.expect("index load task panicked")
     }
 
-    /// The FAISS index, for a builder to start from.
-    pub(crate) fn into_inner(self) -> cxx::UniquePtr<bridge::FaissIndex> {
-        self.inner
-    }
-
     pub fn dimension(&self) -> usize {
         self.dimension
     }

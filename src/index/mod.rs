@@ -472,6 +472,23 @@ async fn off_runtime<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'stati
 
 /// Checks the header, then parses it with FAISS, on a blocking thread; a failed read's
 /// typed error wins over FAISS's message.
+/// The index at `path` read header only (after the header check), its lists emptied: a
+/// FAISS index trained as that one is, holding no vectors.
+pub(crate) async fn empty_like(store: Arc<dyn ObjectStore>, path: &Path) -> Result<cxx::UniquePtr<bridge::FaissIndex>> {
+    let mut src = HeaderSource::start(store, path.clone()).await?;
+    let (read, src) = tokio::task::spawn_blocking(move || {
+        let read = format::check(&mut src).map(|_| bridge::empty_like(&mut src));
+        (read, src)
+    })
+    .await
+    .expect("header parse task panicked");
+    match (read?, src.failure.clone()) {
+        (Ok(inner), _) => Ok(inner),
+        (Err(_), Some(failure)) => Err(failure),
+        (Err(e), None) => Err(Error::NotFaiss { path: src.name().to_string(), detail: e.what().to_string() }),
+    }
+}
+
 async fn parse_header(
     mut src: HeaderSource,
 ) -> Result<((cxx::UniquePtr<bridge::IvfIndex>, format::Header), HeaderSource)> {
