@@ -392,3 +392,38 @@ async fn update_through_the_api_with_a_reader_all_along() {
         assert!(rounds.load(Ordering::Relaxed) > 0);
     }
 }
+
+/// Every file rewritten since the build: no index covers anything, and the whole table is
+/// ranked from its vectors (decoded once, then kept), reading only the rows that can be
+/// among the nearest, with the exact plan's answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_file_rewritten_is_ranked_from_its_vectors() {
+    let dir = tempfile::tempdir().unwrap();
+    let folder = dir.path().join("docs");
+    let (x, _) = pyarrow_table(&folder, ROWS, D, FILES, 35);
+    let index = dir.path().join("docs.faiss");
+    std::fs::write(&index, pip_index(&x, None, dir.path())).unwrap();
+    let ctx = context(None);
+    let table = format!("{}/", folder.display());
+    datafusion_faiss::sql::manifest::attach(&ctx.state(), &table, index.to_str().unwrap()).await.unwrap();
+    create(&ctx, "docs", &table, index.to_str().unwrap(), false).await;
+    for f in 0..FILES {
+        python(&["revector", folder.join(format!("part-{f:02}.parquet")).to_str().unwrap(), &(40 + f).to_string()]);
+    }
+    let plan = text(&ctx, &format!("EXPLAIN {}", top_k(&x, 5, ""))).await;
+    assert!(plan.contains("indexes=0 covered_files=0") && plan.contains("uncovered_files=3 stale_files=3"), "{plan}");
+    for row in [5, 3_100, 4_500, 8_800] {
+        same_as_exact(&ctx, &top_k(&x, row, ""), "every file rewritten").await;
+        for k in [1, 3] {
+            let sql = format!(
+                "SELECT id, vec_distance(embedding, {}) AS d FROM docs ORDER BY d, id LIMIT {k}",
+                vector(&x, row)
+            );
+            same_as_exact(&ctx, &sql, "every file rewritten, small k").await;
+        }
+    }
+    let sql = top_k(&x, 3_100, "");
+    assert_eq!(metric(&ctx, &sql, "unindexed_rows").await, ROWS);
+    let read = metric(&ctx, &sql, "base_rows_read").await;
+    assert!((10..=20).contains(&read), "read {read} rows to rank {ROWS}");
+}

@@ -32,7 +32,7 @@ use futures::{StreamExt, TryStreamExt};
 use super::knn::IvfKnnNode;
 use super::node::{IvfTopKNode, TopK};
 use super::registry;
-use super::rows::{keys, Listed, TableIo};
+use super::rows::{keys, vectors, Listed, TableIo};
 use super::parts::{self, Ids, Part};
 use super::table::{index_error, VectorTable};
 use crate::{SearchOptions, SearchStats};
@@ -342,7 +342,10 @@ impl Run {
 
     async fn rows(self) -> Result<Batches> {
         if self.exact {
-            return self.brute_force().await;
+            return match self.flat().await? {
+                Some(rows) => Ok(rows),
+                None => self.brute_force().await,
+            };
         }
         let spec = &self.spec;
         self.counts.indexed_rows.add(spec.table.index_info().ntotal as usize);
@@ -584,6 +587,54 @@ impl Run {
         columns.sort_unstable();
         columns.dedup();
         columns
+    }
+
+    /// For files no index covers, without filters, by an L2 index: their vectors (kept
+    /// once decoded) ranked here, and only the nearest rows (and any tied with the k-th)
+    /// read and emitted for the exact ranking above. `None` where this does not apply.
+    async fn flat(&self) -> Result<Option<Batches>> {
+        let spec = &self.spec;
+        let table = &spec.table;
+        let d = table.index_info().dimension;
+        let l2 = matches!(spec.function.as_str(), "vec_distance" | "l2_distance_squared");
+        if !spec.filters.is_empty() || !l2 || table.metric() != crate::Metric::L2 || spec.query.len() != d {
+            return Ok(None);
+        }
+        let vector = [table.vector_index()];
+        let name = table.schema().field(vector[0]).name().clone();
+        let (Some(listed), Some(rows)) = futures::try_join!(
+            Listed::list(table.base(), &self.state, &spec.projection),
+            Listed::list(table.base(), &self.state, &vector),
+        )?
+        else {
+            return Ok(None);
+        };
+        let located = listed.locate(&self.io).await?;
+        let Some(vectors) = vectors::vectors(&located, rows, &name, d, &self.context, &self.io).await? else {
+            return Ok(None);
+        };
+        let n = located.rows() as usize;
+        self.counts.unindexed_rows.add(n);
+        let distances: Vec<f32> = vectors
+            .chunks_exact(d.max(1))
+            .map(|v| v.iter().zip(&spec.query).map(|(a, b)| (a - b) * (a - b)).sum())
+            .collect();
+        // Everything within f32 rounding of the k-th: the exact f64 ranking above decides.
+        let mut sorted = distances.clone();
+        let kth = match sorted.len() > spec.k {
+            true => *sorted.select_nth_unstable_by(spec.k - 1, f32::total_cmp).1,
+            false => f32::INFINITY,
+        };
+        let bound = kth + 1e-4 * kth.abs() + 1e-6;
+        let positions: Vec<u64> = (0..n).filter(|&i| distances[i] <= bound).map(|i| i as u64).collect();
+        let batches = located.read(&positions, &self.context, &self.io).await?;
+        self.counts.base_rows_read.add(positions.len());
+        self.counts.rows_reranked.add(positions.len());
+        self.counts.add_table(&self.io);
+        let schema = Arc::new(table.schema().project(&spec.projection)?);
+        let batches: Vec<RecordBatch> =
+            batches.into_iter().map(|b| RecordBatch::try_new(schema.clone(), b.columns().to_vec())).collect::<Result<_, _>>()?;
+        Ok(Some(futures::stream::iter(batches.into_iter().map(Ok)).boxed()))
     }
 
     /// Every row passing the filters.

@@ -124,6 +124,8 @@ pub(crate) async fn parts(table: &Arc<VectorTable>, state: &SessionState, cache_
     let by_path: HashMap<&str, usize> = files.iter().enumerate().map(|(i, (_, m))| (m.location.as_ref(), i)).collect();
     let mut taken = vec![false; files.len()];
     let mut planned: Vec<Planned> = vec![];
+    // Files named by manifests of indexes that cover none of the current ones.
+    let mut unplanned_stale = 0;
     for (n, index) in indexes.into_iter().enumerate() {
         // A manifest that does not describe its index (replaced since, or being
         // published) is as good as none.
@@ -176,8 +178,9 @@ pub(crate) async fn parts(table: &Arc<VectorTable>, state: &SessionState, cache_
             // A delta without manifest was never (or is not yet) published.
             None => continue,
         };
-        if !plan.files.is_empty() {
-            planned.push(plan);
+        match plan.files.is_empty() {
+            true => unplanned_stale += plan.stale,
+            false => planned.push(plan),
         }
     }
     let uncovered: Vec<usize> = (0..files.len()).filter(|&i| !taken[i]).collect();
@@ -229,7 +232,7 @@ pub(crate) async fn parts(table: &Arc<VectorTable>, state: &SessionState, cache_
             pinned: None,
             files: uncovered.len(),
             rows: 0,
-            stale: 0,
+            stale: unplanned_stale,
         });
     }
     Ok(parts)

@@ -12,6 +12,7 @@
 pub(crate) mod footer;
 pub(crate) mod keys;
 mod reader;
+pub(crate) mod vectors;
 
 use std::collections::HashMap;
 use std::ops::Range;
