@@ -266,6 +266,15 @@ impl IndexSet {
             .collect()
     }
 
+    /// The manifest of `index` if it describes that object (one that does not, the index
+    /// replaced since or being published, is as good as none).
+    pub async fn describing(&self, index: &IndexObject) -> Result<Option<Arc<Manifest>>> {
+        match &index.manifest {
+            Some(at) => Ok(Some(self.manifest(at).await?).filter(|m| m.describes(&index.meta, at))),
+            None => Ok(None),
+        }
+    }
+
     /// The manifest object `at`, from the cache while that version of it is read.
     pub async fn manifest(&self, at: &ObjectMeta) -> Result<Arc<Manifest>> {
         let key = (Arc::as_ptr(&self.store) as *const () as usize, at.location.to_string());
@@ -338,7 +347,7 @@ pub async fn record(state: &SessionState, store: &Arc<dyn ObjectStore>, files: V
             manifest.files.len()
         );
     }
-    manifest.publish(store_of(&at, runtime)?.as_ref(), at.path()).await?;
+    manifest.publish(at.store().as_ref(), at.path()).await?;
     Ok(manifest)
 }
 
@@ -353,11 +362,7 @@ pub async fn uncovered(state: &SessionState, table: &str, index: &str) -> Result
     let set = IndexSet::new(index, runtime)?;
     let mut covered = std::collections::HashSet::new();
     for (n, object) in set.list(runtime).await?.into_iter().enumerate() {
-        let manifest = match &object.manifest {
-            Some(at) => Some(set.manifest(at).await?).filter(|m| m.describes(&object.meta, at)),
-            None => None,
-        };
-        let Some(manifest) = manifest else {
+        let Some(manifest) = set.describing(&object).await? else {
             if n == 0 {
                 return plan_err!("index {index} has no manifest describing it, so what it covers is unknown: record it with `attach` (if it was built from the table as it is) or build it anew");
             }
@@ -383,11 +388,6 @@ pub fn next_delta(index: &str) -> String {
         true => name,
         false => format!("{folder}/{name}"),
     }
-}
-
-fn store_of(at: &IndexLocation, runtime: &RuntimeEnv) -> Result<Arc<dyn ObjectStore>> {
-    let url = ListingTableUrl::parse(at.as_str())?;
-    runtime.object_store(url.object_store())
 }
 
 /// Manifests read, by store and path, with the version of the object they were read from.

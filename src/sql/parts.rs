@@ -127,13 +127,7 @@ pub(crate) async fn parts(table: &Arc<VectorTable>, state: &SessionState, cache_
     // Files named by manifests of indexes that cover none of the current ones.
     let mut unplanned_stale = 0;
     for (n, index) in indexes.into_iter().enumerate() {
-        // A manifest that does not describe its index (replaced since, or being
-        // published) is as good as none.
-        let manifest = match &index.manifest {
-            Some(at) => Some(set.manifest(at).await?).filter(|m| m.describes(&index.meta, at)),
-            None => None,
-        };
-        let plan = match manifest {
+        let plan = match set.describing(&index).await? {
             Some(manifest) => {
                 let (mut covered, mut spans, mut part, mut stale, mut rows) = (vec![], vec![], 0, 0, 0);
                 for entry in &manifest.files {

@@ -35,6 +35,10 @@ impl IndexLocation {
         self.url.as_str()
     }
 
+    pub fn store(&self) -> &Arc<dyn ObjectStore> {
+        &self.store
+    }
+
     /// The index object's path in its store.
     pub fn path(&self) -> &object_store::path::Path {
         self.url.prefix()
