@@ -28,6 +28,7 @@
 #include <faiss/invlists/InvertedLists.h>
 #include <faiss/invlists/InvertedListsIOHook.h>
 #include <faiss/utils/Heap.h>
+#include <faiss/utils/distances.h>
 
 #include "datafusion-faiss/src/ffi.rs.h"
 
@@ -343,6 +344,7 @@ IndexInfo IvfIndex::info() const {
     IndexInfo info = make_info(root_.get(), ivf_, chain_.size(), description_, unsupported_);
     info.data_start = data_start_;
     info.data_end = data_end_;
+    info.id_maps = id_maps_.size();
     return info;
 }
 
@@ -375,9 +377,44 @@ void IvfIndex::assign(rust::Slice<const float> queries, size_t nprobe,
     ivf_->quantizer->search(n, x, nprobe, coarse.data(), lists.data());
 }
 
+void IvfIndex::coarse_of(rust::Slice<const float> query, rust::Slice<const int64_t> lists,
+                         rust::Slice<float> coarse, rust::Slice<float> transformed) const {
+    if (!ivf_) throw std::logic_error("index type is not searchable");
+    OmpThreads one{1};
+    check_len("query", query.size(), root_->d);
+    check_len("coarse distance buffer", coarse.size(), lists.size());
+    for (int64_t l : lists) {
+        if (l < 0 || size_t(l) >= sizes_.size()) {
+            throw std::out_of_range("list " + std::to_string(l) + " beyond nlist " +
+                                    std::to_string(sizes_.size()));
+        }
+    }
+    const float* x = query.data();
+    std::unique_ptr<float[]> owned;
+    for (auto* vt : chain_) {
+        float* y = vt->apply(1, x);
+        owned.reset(y);
+        x = y;
+    }
+    if (!chain_.empty()) {
+        check_len("transformed query buffer", transformed.size(), ivf_->d);
+        std::memcpy(transformed.data(), x, ivf_->d * sizeof(float));
+    }
+    // What the quantizer's search reports for these lists (its metric, from the stored
+    // centroids), which the scanners of residual codes build on.
+    const faiss::Index* q = ivf_->quantizer;
+    std::vector<float> centroid(q->d);
+    for (size_t i = 0; i < lists.size(); i++) {
+        q->reconstruct(lists[i], centroid.data());
+        coarse[i] = q->metric_type == faiss::METRIC_INNER_PRODUCT
+                            ? faiss::fvec_inner_product(x, centroid.data(), q->d)
+                            : faiss::fvec_L2sqr(x, centroid.data(), q->d);
+    }
+}
+
 ScanStats IvfIndex::scan(rust::Slice<const float> queries, size_t k, size_t nprobe,
                          rust::Slice<const int64_t> lists, rust::Slice<const float> coarse,
-                         rust::Slice<const ListBytes> data, bool filtered,
+                         rust::Slice<const ListBytes> data, bool partial, bool filtered,
                          rust::Slice<const int64_t> allowed, rust::Slice<float> distances,
                          rust::Slice<int64_t> labels) const {
     if (!ivf_) throw std::logic_error("index type is not searchable");
@@ -421,6 +458,18 @@ ScanStats IvfIndex::scan(rust::Slice<const float> queries, size_t k, size_t npro
             if (it == data.end() || it->list_no != key) {
                 throw std::invalid_argument("bytes of list " + std::to_string(key) +
                                             " were not provided");
+            }
+            if (partial) {
+                // Some entries of the list, in its own layout: codes, then ids.
+                size_t entry = code_size + 8;
+                if (it->bytes.size() % entry != 0 || it->bytes.size() / entry > size) {
+                    throw std::invalid_argument("entries of list " + std::to_string(key) +
+                                                ": " + std::to_string(it->bytes.size()) +
+                                                " bytes, not a whole number of at most " +
+                                                std::to_string(size) + " entries");
+                }
+                size = it->bytes.size() / entry;
+                if (size == 0) continue;
             }
             size_t codes_len = size * code_size;
             if (it->bytes.size() != codes_len + size * 8) {
@@ -468,7 +517,9 @@ FaissIndex::~FaissIndex() = default;
 
 IndexInfo FaissIndex::info() const {
     Unwrapped u = unwrap(index_.get());
-    return make_info(index_.get(), u.ivf, u.chain.size(), u.description, u.unsupported);
+    IndexInfo info = make_info(index_.get(), u.ivf, u.chain.size(), u.description, u.unsupported);
+    info.id_maps = u.id_maps.size();
+    return info;
 }
 
 void FaissIndex::train(rust::Slice<const float> x, size_t threads) {

@@ -35,9 +35,11 @@ class IvfIndex {
     rust::Vec<uint64_t> list_sizes() const;
     void assign(rust::Slice<const float> queries, size_t nprobe, rust::Slice<int64_t> lists,
                 rust::Slice<float> coarse, rust::Slice<float> transformed) const;
+    void coarse_of(rust::Slice<const float> query, rust::Slice<const int64_t> lists,
+                   rust::Slice<float> coarse, rust::Slice<float> transformed) const;
     ScanStats scan(rust::Slice<const float> queries, size_t k, size_t nprobe,
                    rust::Slice<const int64_t> lists, rust::Slice<const float> coarse,
-                   rust::Slice<const ListBytes> data, bool filtered,
+                   rust::Slice<const ListBytes> data, bool partial, bool filtered,
                    rust::Slice<const int64_t> allowed, rust::Slice<float> distances,
                    rust::Slice<int64_t> labels) const;
 

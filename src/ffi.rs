@@ -20,6 +20,8 @@ pub(crate) mod bridge {
         code_size: usize,
         /// Number of vector transforms (OPQ, PCA, ...) applied before the IVF index.
         transforms: usize,
+        /// Number of IDMap wrappers: the lists hold their positions, not the ids.
+        id_maps: usize,
         /// Factory-like description, e.g. `IDMap2,OPQ16_64,IVF1024,PQ16x8`.
         description: String,
         /// Demangled C++ type of the innermost index when it cannot be searched in place.
@@ -61,6 +63,10 @@ pub(crate) mod bridge {
             coarse: &mut [f32],
             transformed: &mut [f32],
         ) -> Result<()>;
+        /// The quantizer's distances from one query to the centroids of `lists`.
+        fn coarse_of(self: &IvfIndex, query: &[f32], lists: &[i64], coarse: &mut [f32], transformed: &mut [f32])
+            -> Result<()>;
+        /// `partial`: each of `data` holds some entries of its list, not all.
         fn scan(
             self: &IvfIndex,
             queries: &[f32],
@@ -69,6 +75,7 @@ pub(crate) mod bridge {
             lists: &[i64],
             coarse: &[f32],
             data: &[ListBytes],
+            partial: bool,
             filtered: bool,
             allowed: &[i64],
             distances: &mut [f32],

@@ -40,6 +40,13 @@ pub struct FetchStats {
     pub fetch_time: Duration,
 }
 
+/// Parts of lists closer than this are fetched by one GET.
+const PART_GAP: u64 = 16 * 1024;
+
+/// A GET of a few entries is all latency: this many of them are kept in flight per GET
+/// of whole lists allowed.
+const PARTS_PER_LIST_GET: usize = 8;
+
 type Run = Shared<BoxFuture<'static, Result<Arc<[(usize, Bytes)]>>>>;
 
 /// Where each list lies: `offsets[i]..offsets[i + 1]` holds list `i`.
@@ -134,6 +141,14 @@ impl ListFetcher {
         self.layout.range(list)
     }
 
+    /// GETs of whole lists, and of list parts, one wave holds; `None` for a mapped file.
+    pub(crate) fn in_flight(&self) -> Option<(usize, usize)> {
+        match &self.source {
+            Source::Remote(r) => Some((r.max_in_flight, r.max_in_flight * PARTS_PER_LIST_GET)),
+            Source::Mapped(_) => None,
+        }
+    }
+
     /// Sums of every fetch so far.
     pub(crate) fn totals(&self) -> FetchStats {
         let t = &self.totals;
@@ -166,6 +181,29 @@ impl ListFetcher {
                     })
                     .collect();
                 let bytes_mapped = found.iter().map(|(_, b)| b.len() as u64).sum();
+                (found, FetchStats { bytes_mapped, ..Default::default() })
+            }
+        };
+        stats.fetch_time = start.elapsed();
+        self.add_totals(&stats);
+        Ok((found, stats))
+    }
+
+    /// The bytes of `parts`: `(list, range)` with each range (absolute, in the object)
+    /// inside that list's bytes, sorted by range. Slices of cached lists where the whole
+    /// list is cached, else one concurrent wave of range GETs (ranges closer than
+    /// `PART_GAP` share one). Nothing read this way is cached: the entries of a few rows
+    /// are cheap to fetch again, and must not push whole lists out of the cache.
+    pub(crate) async fn fetch_parts(&self, parts: &[(usize, Range<u64>)]) -> Result<(Vec<Bytes>, FetchStats)> {
+        let start = Instant::now();
+        let (found, mut stats) = match &self.source {
+            Source::Remote(remote) => remote.fetch_parts(parts).await?,
+            Source::Mapped(file) => {
+                file.check()?;
+                let map = file.bytes();
+                let found: Vec<Bytes> =
+                    parts.iter().map(|(_, r)| map.slice(r.start as usize..r.end as usize)).collect();
+                let bytes_mapped = found.iter().map(|b| b.len() as u64).sum();
                 (found, FetchStats { bytes_mapped, ..Default::default() })
             }
         };
@@ -232,6 +270,64 @@ impl Remote {
         found.extend(fetched.into_iter().flatten());
         found.sort_unstable_by_key(|(list, _)| *list);
         Ok((found, stats))
+    }
+
+    async fn fetch_parts(&self, parts: &[(usize, Range<u64>)]) -> Result<(Vec<Bytes>, FetchStats)> {
+        let mut stats = FetchStats::default();
+        let mut found: Vec<Option<Bytes>> = vec![None; parts.len()];
+        // Spans to GET: (range, the parts it holds).
+        let mut spans: Vec<(Range<u64>, Vec<usize>)> = vec![];
+        for (i, (list, r)) in parts.iter().enumerate() {
+            let whole = self.layout.range(*list);
+            if r.start < whole.start || r.end > whole.end {
+                return Err(Error::InvalidSearch(format!("bytes {r:?} are not inside list {list} ({whole:?})")));
+            }
+            if let Some(bytes) = self.cache.get(self.cache_id, *list) {
+                stats.bytes_from_cache += r.end - r.start;
+                found[i] = Some(bytes.slice((r.start - whole.start) as usize..(r.end - whole.start) as usize));
+                continue;
+            }
+            match spans.last_mut() {
+                Some((span, held)) if r.start >= span.start && r.start <= span.end + PART_GAP => {
+                    span.end = span.end.max(r.end);
+                    held.push(i);
+                }
+                _ => spans.push((r.clone(), vec![i])),
+            }
+        }
+        stats.gets = spans.len() as u64;
+        stats.bytes = spans.iter().map(|(r, _)| r.end - r.start).sum();
+        let in_flight = self.max_in_flight * PARTS_PER_LIST_GET;
+        stats.waves = stats.gets.div_ceil(in_flight as u64);
+        let object = &self.object;
+        let gets = spans.into_iter().map(|(span, held)| async move {
+            let got = object.get(span.clone()).await.map_err(|e| {
+                object.error(e, |source| Error::Fetch {
+                    path: object.name.clone(),
+                    list: parts[held[0]].0,
+                    range: span.clone(),
+                    source,
+                })
+            })?;
+            if got.len() as u64 != span.end - span.start {
+                return Err(Error::ShortRead {
+                    path: object.name.clone(),
+                    list: parts[held[0]].0,
+                    range: span.clone(),
+                    expected: span.end - span.start,
+                    got: got.len() as u64,
+                });
+            }
+            Ok::<_, Error>((span, held, got))
+        });
+        let got: Vec<_> = futures::stream::iter(gets).buffer_unordered(in_flight).try_collect().await?;
+        for (span, held, bytes) in got {
+            for i in held {
+                let r = &parts[i].1;
+                found[i] = Some(bytes.slice((r.start - span.start) as usize..(r.end - span.start) as usize));
+            }
+        }
+        Ok((found.into_iter().map(|b| b.expect("every part fetched")).collect(), stats))
     }
 
     /// Groups sorted lists into runs whose bytes are adjacent in the file.

@@ -75,6 +75,13 @@ pub struct OpenOptions {
 /// Most result cells (queries × k) one search call returns.
 pub const MAX_RESULTS: usize = 1 << 28;
 
+/// A round trip to object storage in the cost model of filtered searches: about the bytes
+/// one stream delivers meanwhile.
+const WAVE_BYTES: u64 = 4 << 20;
+
+/// What one entry read from a mapped file costs: the page it lies in.
+const PAGE_BYTES: u64 = 4096;
+
 /// Budget of the list cache an index gets when `OpenOptions::cache` is `None`.
 pub const DEFAULT_CACHE_BYTES: u64 = 256 * 1024 * 1024;
 
@@ -133,6 +140,27 @@ pub struct IvfIndex {
     transforms: bool,
     fetcher: ListFetcher,
     open_stats: FetchStats,
+    /// The lists hold positions translated by IDMap wrappers, not the ids searched for.
+    id_mapped: bool,
+    /// Where each id is stored, read once when first needed.
+    slots: tokio::sync::OnceCell<Arc<Slots>>,
+}
+
+/// Every entry of the lists as (id, list, slot), sorted: where each id's code lies.
+pub struct Slots(Vec<(i64, u32, u32)>);
+
+impl Slots {
+    /// (list, slot) of each entry holding `id` (none when the index lacks it; several
+    /// when it was added more than once).
+    fn of(&self, id: i64) -> impl Iterator<Item = (u32, u32)> + '_ {
+        let from = self.0.partition_point(|e| e.0 < id);
+        self.0[from..].iter().take_while(move |e| e.0 == id).map(|e| (e.1, e.2))
+    }
+
+    /// Memory held, in bytes.
+    pub fn bytes(&self) -> usize {
+        self.0.len() * std::mem::size_of::<(i64, u32, u32)>()
+    }
 }
 
 impl std::fmt::Debug for IvfIndex {
@@ -224,6 +252,8 @@ impl IvfIndex {
             fetcher: fetcher(offsets),
             // The header's GETs run one after another: each is its own wave.
             open_stats: FetchStats { gets: src.gets, waves: src.gets, bytes: src.bytes, ..Default::default() },
+            id_mapped: raw.id_maps > 0,
+            slots: tokio::sync::OnceCell::new(),
         })
     }
 
@@ -379,7 +409,7 @@ impl IvfIndex {
             let stats = std::thread::scope(|s| {
                 let work: Vec<_> = parts
                     .map(|((((x, l), c), dist), i)| {
-                        move || inner.scan(x, k, nprobe, l, c, views, filtered, allowed, dist, i)
+                        move || inner.scan(x, k, nprobe, l, c, views, false, filtered, allowed, dist, i)
                     })
                     .collect();
                 in_threads(s, work, |a, b| bridge::ScanStats {
@@ -403,6 +433,181 @@ impl IvfIndex {
             stats: SearchStats { lists_probed: needed.len() as u64, codes_scanned: scan.codes_scanned, fetch: fetched },
         })
     }
+}
+
+impl IvfIndex {
+    /// Whether [`search_entries`](Self::search_entries) can serve this index: its lists
+    /// hold the ids searched for (no IDMap wrapper).
+    pub fn has_entries(&self) -> bool {
+        !self.id_mapped
+    }
+
+    /// What searching the entries of `n` ids costs, in bytes read, a wave of GETs counted
+    /// as `WAVE_BYTES` more, an entry of a mapped file as its page; with the id map's
+    /// first read.
+    pub fn entries_cost(&self, n: usize) -> u64 {
+        let (n, code_size, ntotal) = (n as u64, self.info.code_size as u64, self.info.ntotal);
+        let id_map = !self.slots_read();
+        match self.fetcher.in_flight() {
+            None => n * code_size.max(PAGE_BYTES) + if id_map { ntotal * 8 } else { 0 },
+            Some((_, parts)) => {
+                let parts = parts as u64;
+                let lists = self.sizes.iter().filter(|&&s| s > 0).count() as u64;
+                let id_map = if id_map { ntotal * 8 + lists.div_ceil(parts) * WAVE_BYTES } else { 0 };
+                id_map + n * code_size + n.div_ceil(parts) * WAVE_BYTES
+            }
+        }
+    }
+
+    /// What a search probing `lists` lists costs, as [`entries_cost`](Self::entries_cost)
+    /// counts (lists of average size, none cached).
+    pub fn lists_cost(&self, lists: usize) -> u64 {
+        let entry = self.info.code_size as u64 + 8;
+        let bytes = lists as u64 * (self.info.ntotal / self.info.nlist.max(1) as u64) * entry;
+        match self.fetcher.in_flight() {
+            None => bytes,
+            Some((in_flight, _)) => bytes + (lists as u64).div_ceil(in_flight as u64) * WAVE_BYTES,
+        }
+    }
+
+    /// Whether the id map has been read.
+    pub fn slots_read(&self) -> bool {
+        self.slots.initialized()
+    }
+
+    /// The id → (list, slot) map, and what reading it cost now (nothing once read):
+    /// the id section of every non-empty list, in one wave.
+    pub async fn slots(&self) -> Result<(Arc<Slots>, FetchStats)> {
+        let mut stats = FetchStats::default();
+        let slots = self
+            .slots
+            .get_or_try_init(|| async {
+                let code_size = self.info.code_size as u64;
+                let parts: Vec<(usize, std::ops::Range<u64>)> = (0..self.sizes.len())
+                    .filter(|&l| self.sizes[l] > 0)
+                    .map(|l| {
+                        let r = self.fetcher.range(l);
+                        (l, r.start + self.sizes[l] * code_size..r.end)
+                    })
+                    .collect();
+                let (sections, fetched) = self.fetcher.fetch_parts(&parts).await?;
+                stats = fetched;
+                let mut entries = Vec::with_capacity(self.info.ntotal as usize);
+                for ((list, _), ids) in parts.iter().zip(&sections) {
+                    for (slot, id) in ids.chunks_exact(8).enumerate() {
+                        entries.push((i64::from_le_bytes(id.try_into().expect("8 bytes")), *list as u32, slot as u32));
+                    }
+                }
+                entries.sort_unstable();
+                Ok::<_, Error>(Arc::new(Slots(entries)))
+            })
+            .await?;
+        Ok((slots.clone(), stats))
+    }
+
+    /// Searches `queries` among the entries of `ids` only, each of them compared: FAISS's
+    /// search with an `IDSelector` of `ids` and nprobe = nlist (equal up to the f32
+    /// rounding of the coarse distances), reading the entries' codes alone (one wave of
+    /// small range GETs, after the id map's first read) instead of whole lists.
+    pub async fn search_entries(&self, queries: &[f32], k: usize, ids: &[i64], codes: bool) -> Result<SearchResult> {
+        let d = self.info.dimension;
+        check_queries(queries, d)?;
+        if k == 0 {
+            return Err(Error::InvalidSearch("k must be at least 1".into()));
+        }
+        if !self.has_entries() {
+            return Err(Error::InvalidSearch(format!(
+                "{}: entries cannot be searched by id in an index whose lists hold IDMap positions",
+                self.fetcher.name()
+            )));
+        }
+        let n = queries.len() / d;
+        if n.checked_mul(k).is_none_or(|cells| cells > MAX_RESULTS) {
+            return Err(Error::InvalidSearch(format!("{n} queries × k = {k} exceeds {MAX_RESULTS} results per call")));
+        }
+        let (slots, mut stats) = self.slots().await?;
+        let mut entries: Vec<(u32, u32, i64)> =
+            ids.iter().flat_map(|&id| slots.of(id).map(move |(l, s)| (l, s, id))).collect();
+        entries.sort_unstable();
+        entries.dedup();
+        let code_size = self.info.code_size;
+        let parts: Vec<(usize, std::ops::Range<u64>)> = entries
+            .iter()
+            .map(|&(l, slot, _)| {
+                let at = self.fetcher.range(l as usize).start + slot as u64 * code_size as u64;
+                (l as usize, at..at + code_size as u64)
+            })
+            .collect();
+        let (codes_of, fetched) = self.fetcher.fetch_parts(&parts).await?;
+        add_stats(&mut stats, &fetched);
+        // Each list's entries in the list's own layout: codes, then ids.
+        let mut data: Vec<(usize, Bytes)> = vec![];
+        let mut from = 0;
+        while from < entries.len() {
+            let list = entries[from].0;
+            let to = from + entries[from..].iter().take_while(|e| e.0 == list).count();
+            let mut bytes = Vec::with_capacity((to - from) * (code_size + 8));
+            codes_of[from..to].iter().for_each(|c| bytes.extend_from_slice(c));
+            entries[from..to].iter().for_each(|e| bytes.extend_from_slice(&e.2.to_le_bytes()));
+            data.push((list as usize, bytes.into()));
+            from = to;
+        }
+        let lists: Arc<[i64]> = data.iter().map(|(l, _)| *l as i64).collect();
+        let nprobe = lists.len();
+        let context = || format!("searching {}", self.fetcher.name());
+        if nprobe == 0 {
+            let empty = self.empty_result(n, k);
+            return Ok(SearchResult { stats: SearchStats { fetch: stats, ..Default::default() }, ..empty });
+        }
+        let (inner, queries): (_, Arc<[f32]>) = (self.inner.clone(), queries.into());
+        let d_ivf = if self.transforms { self.d_ivf } else { 0 };
+        let want_codes = if codes { code_size } else { 0 };
+        let scanned = off_runtime(move || {
+            let mut coarse = vec![0f32; n * nprobe];
+            let mut transformed = vec![0f32; n * d_ivf];
+            for (i, q) in queries.chunks(d).enumerate() {
+                let t = if d_ivf > 0 { &mut transformed[i * d_ivf..][..d_ivf] } else { &mut [][..] };
+                inner.coarse_of(q, &lists, &mut coarse[i * nprobe..][..nprobe], t)?;
+            }
+            let assigned: Vec<i64> = (0..n).flat_map(|_| lists.iter().copied()).collect();
+            let views: Vec<bridge::ListBytes> =
+                data.iter().map(|(list, bytes)| bridge::ListBytes { list_no: *list as i64, bytes }).collect();
+            let x: &[f32] = if d_ivf > 0 { &transformed } else { &queries };
+            let mut distances = vec![0f32; n * k];
+            let mut labels = vec![0i64; n * k];
+            let scan =
+                inner.scan(x, k, nprobe, &assigned, &coarse, &views, true, false, &[], &mut distances, &mut labels)?;
+            let codes = stored_codes(&data, &labels, want_codes);
+            Ok::<_, cxx::Exception>((distances, labels, codes, scan))
+        })
+        .await;
+        let (distances, ids, codes, scan) = scanned.map_err(|e| Error::faiss(context(), e))?;
+        Ok(SearchResult {
+            k,
+            ids,
+            distances,
+            codes,
+            stats: SearchStats { lists_probed: nprobe as u64, codes_scanned: scan.codes_scanned, fetch: stats },
+        })
+    }
+
+    /// `n` rows of `k` misses, as FAISS pads them.
+    fn empty_result(&self, n: usize, k: usize) -> SearchResult {
+        let miss = match self.info.metric {
+            Metric::L2 => f32::INFINITY,
+            Metric::InnerProduct => f32::NEG_INFINITY,
+        };
+        SearchResult { k, ids: vec![-1; n * k], distances: vec![miss; n * k], codes: vec![], stats: Default::default() }
+    }
+}
+
+fn add_stats(total: &mut FetchStats, s: &FetchStats) {
+    total.gets += s.gets;
+    total.waves += s.waves;
+    total.bytes += s.bytes;
+    total.bytes_from_cache += s.bytes_from_cache;
+    total.bytes_mapped += s.bytes_mapped;
+    total.fetch_time += s.fetch_time;
 }
 
 /// The code stored for each of `ids` in the probed `lists` (list bytes: `size` codes,

@@ -172,8 +172,6 @@ struct ScanMsg {
     refine: u64,
     #[prost(bool, tag = "10")]
     vectors_from_index: bool,
-    #[prost(double, tag = "11")]
-    brute_force_fraction: f64,
     #[prost(uint64, tag = "12")]
     cache_bytes: u64,
     #[prost(message, repeated, tag = "13")]
@@ -265,7 +263,6 @@ fn encode_scan(spec: &TopK, parts: &[Part], logical: &dyn LogicalExtensionCodec)
         nprobe: spec.nprobe as u64,
         refine: spec.refine as u64,
         vectors_from_index: spec.vectors_from_index,
-        brute_force_fraction: spec.brute_force_fraction,
         cache_bytes: spec.cache_bytes,
         parts: parts.collect::<Result<_>>()?,
         knn_query: None,
@@ -294,7 +291,6 @@ fn decode_scan(msg: &ScanMsg, ctx: &TaskContext, logical: &dyn LogicalExtensionC
         nprobe: msg.nprobe as usize,
         refine: msg.refine as usize,
         vectors_from_index: msg.vectors_from_index,
-        brute_force_fraction: msg.brute_force_fraction,
         cache_bytes: msg.cache_bytes,
     };
     let parts = msg.parts.iter().map(|p| decode_part(p, table(&p.table)?));

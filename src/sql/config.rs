@@ -76,9 +76,6 @@ settings! {
         pub refine_factor: usize, default = 4
         /// List-cache budget in MiB of each index opened from an object store.
         pub cache_mb: usize, default = 256
-        /// With a WHERE filter: when at most this fraction of the rows pass it, the
-        /// passing rows are ranked exactly instead of searching the index.
-        pub brute_force_fraction: f64, default = 0.02
     }
 }
 
@@ -110,7 +107,6 @@ mod tests {
             ("faiss.nprobe", "2"),
             ("faiss.refine_factor", "7"),
             ("faiss.cache_mb", "9"),
-            ("faiss.brute_force_fraction", "0.5"),
         ] {
             client.set(key, value).unwrap();
         }
@@ -122,7 +118,6 @@ mod tests {
         let got = FaissConfig::from_options(&server);
         assert!(!got.enabled);
         assert_eq!((got.nprobe, got.refine_factor, got.cache_mb), (2, 7, 9));
-        assert_eq!(got.brute_force_fraction, 0.5);
         let nprobe = server.entries().into_iter().find(|e| e.key == "faiss.nprobe").unwrap();
         assert!(nprobe.description.starts_with("Lists probed"), "{}", nprobe.description);
         assert!(server.set("faiss.nprobes", "1").unwrap_err().to_string().contains("unknown setting faiss.nprobes"));

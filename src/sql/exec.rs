@@ -1,7 +1,8 @@
 //! The physical index scan: search the index for candidate ids, then emit the base
 //! table's rows for them, read by position ([`super::rows`]). With a WHERE filter, the
-//! allowed ids come first (a scan of the key and filter columns) and either restrict the
-//! index search or, when few rows pass, are emitted whole for an exact ranking.
+//! allowed ids come first (a scan of the key and filter columns, kept per table version),
+//! then either their own entries in the index are searched (few pass) or they restrict a
+//! search of the lists (many pass).
 
 use std::fmt;
 use std::sync::Arc;
@@ -32,7 +33,7 @@ use futures::{StreamExt, TryStreamExt};
 use super::knn::IvfKnnNode;
 use super::node::{IvfTopKNode, TopK};
 use super::registry;
-use super::rows::{keys, vectors, Listed, TableIo};
+use super::rows::{keys, passing, vectors, Listed, TableIo};
 use super::parts::{self, Ids, Part};
 use super::table::{index_error, VectorTable};
 use crate::{SearchOptions, SearchStats};
@@ -229,7 +230,10 @@ impl ExecutionPlan for IvfTopKExec {
 /// What EXPLAIN ANALYZE reports.
 struct Counts {
     allowed_rows: Count,
+    filter_rows_read: Count,
+    filter_cache_hits: Count,
     brute_force: Count,
+    by_entries: Count,
     nprobe: Count,
     lists_probed: Count,
     codes_scanned: Count,
@@ -257,7 +261,10 @@ impl Counts {
         let c = |name: &'static str| MetricBuilder::new(metrics).global_counter(name);
         Counts {
             allowed_rows: c("allowed_rows"),
+            filter_rows_read: c("filter_rows_read"),
+            filter_cache_hits: c("filter_cache_hits"),
             brute_force: c("brute_force"),
+            by_entries: c("by_entries"),
             nprobe: c("nprobe"),
             lists_probed: c("lists_probed"),
             codes_scanned: c("codes_scanned"),
@@ -364,14 +371,14 @@ impl Run {
                 return Ok(futures::stream::empty().boxed());
             }
         }
-        if spec.brute_force(allowed.as_ref().map(Vec::len)) {
+        if spec.whole_index() {
             return self.brute_force().await;
         }
-        let allowed = allowed.map(|ids| self.index_ids(ids));
+        let allowed = allowed.map(|ids| self.index_ids(&ids));
         // The table is listed (one LIST or HEAD) while the index is searched.
         let start = std::time::Instant::now();
         let search = async {
-            let found = self.search(&spec.query, allowed.as_deref()).await;
+            let found = self.search(&spec.query, allowed.as_deref().map(Vec::as_slice)).await;
             self.counts.search_time.add_elapsed(start);
             found
         };
@@ -413,7 +420,7 @@ impl Run {
         let spec = &self.spec;
         let keys = self.key_gate().await?;
         let mut index = spec.table.index(spec.cache_bytes).await?;
-        let mut nprobe = spec.nprobe_for(index.info(), allowed);
+        let mut nprobe = spec.nprobe_for(index.info(), allowed.map(<[i64]>::len));
         // Checked once per query: with the first search, and by the reopen after a change.
         let (mut reopened, mut checked) = (false, false);
         // One past the candidates, to see whether the k-th place ties beyond them.
@@ -421,17 +428,16 @@ impl Run {
         loop {
             // The search notices a replaced object only through the GETs it makes; with
             // every list cached it makes none, so the path is checked alongside it.
-            let options = SearchOptions { allowed, codes: spec.vectors_from_index, threads: 1 };
-            let search = index.search_with(query, want, nprobe, options);
-            let result = match checked {
+            let search = self.search_once(&index, query, want, nprobe, allowed, 1);
+            let (result, entries) = match checked {
                 true => search.await,
                 false => {
-                    let (current, pinned, result) = futures::join!(index.check(), self.pinned_here(), search);
+                    let (current, pinned, (result, entries)) = futures::join!(index.check(), self.pinned_here(), search);
                     checked = true;
                     if !pinned? {
                         return Ok(None);
                     }
-                    current.and(result)
+                    (current.and(result), entries)
                 }
             };
             let result = match result {
@@ -458,16 +464,42 @@ impl Run {
                 want = want.saturating_mul(2).min(ntotal);
                 continue;
             }
-            if found.0.len() >= spec.k || nprobe >= nlist {
-                self.counts.nprobe.add(nprobe.min(nlist));
+            if found.0.len() >= spec.k || nprobe >= nlist || entries {
                 self.counts.dropped_hits.add(dropped);
-                if found.0.len() < spec.k {
-                    return Ok(None);
+                match entries {
+                    true => self.counts.by_entries.add(1),
+                    false => self.counts.nprobe.add(nprobe.min(nlist)),
                 }
-                found.keep(spec.k, spec.candidates());
+                if found.0.len() < spec.k {
+                    // Every passing entry was compared: fewer than k stand. That is the
+                    // answer when each passing row was among them.
+                    if !entries || found.0.len() < allowed.map_or(0, <[i64]>::len) {
+                        return Ok(None);
+                    }
+                } else {
+                    found.keep(spec.k, spec.candidates());
+                }
                 return Ok(Some(found.candidates(spec.codes(index.info(), &result), ntotal as u64)));
             }
             nprobe = nprobe.saturating_mul(2).min(nlist);
+        }
+    }
+
+    /// One search of `queries` for `want` each: among the `allowed` rows' own entries
+    /// where the cost model picks them (then `true`), else probing `nprobe` lists.
+    async fn search_once(
+        &self,
+        index: &crate::IvfIndex,
+        queries: &[f32],
+        want: usize,
+        nprobe: usize,
+        allowed: Option<&[i64]>,
+        threads: usize,
+    ) -> (crate::Result<crate::SearchResult>, bool) {
+        let codes = self.spec.vectors_from_index;
+        match allowed.filter(|a| self.spec.by_entries(index, a.len())) {
+            Some(ids) => (index.search_entries(queries, want, ids, codes).await, true),
+            None => (index.search_with(queries, want, nprobe, SearchOptions { allowed, codes, threads }).await, false),
         }
     }
 
@@ -519,25 +551,54 @@ impl Run {
     }
 
     /// The index's ids of the part's `ids` (sorted, and kept so).
-    fn index_ids(&self, ids: Vec<i64>) -> Vec<i64> {
+    fn index_ids(&self, ids: &Arc<Vec<i64>>) -> Arc<Vec<i64>> {
         match self.ids {
-            Ids::Positions(_) => ids.into_iter().map(|id| self.ids.to_index(id)).collect(),
-            _ => ids,
+            Ids::Positions(_) => Arc::new(ids.iter().map(|&id| self.ids.to_index(id)).collect()),
+            _ => ids.clone(),
         }
     }
 
-    /// Ids (keys, or row positions) of the rows passing the filters, sorted.
-    async fn allowed_ids(&self) -> Result<Vec<i64>> {
+    /// Ids (keys, or row positions) of the rows passing the filters, sorted; kept per
+    /// version of the table's files, unless a filter is volatile.
+    async fn allowed_ids(&self) -> Result<Arc<Vec<i64>>> {
+        self.passing(false).await
+    }
+
+    /// Ids of the rows passing the filters, sorted: their positions when `by_position`
+    /// or the table has no key, else their keys.
+    async fn passing(&self, by_position: bool) -> Result<Arc<Vec<i64>>> {
+        let table = &self.spec.table;
+        let key = table.key_index().filter(|_| !by_position);
+        let mut columns = self.filter_columns();
+        columns.extend(key);
+        let listed = Listed::list(table.base(), &self.state, &columns).await?;
+        let volatile = self.spec.filters.iter().any(Expr::is_volatile);
+        let Some(listed) = listed.filter(|_| !volatile) else {
+            return Ok(Arc::new(self.find_allowed(key).await?));
+        };
+        let filter: Vec<String> = self.spec.filters.iter().map(|f| f.to_string()).collect();
+        let name = key.map(|k| table.schema().field(k).name().clone());
+        let find = self.find_allowed(key);
+        let (ids, known) = passing::passing(listed.version(), filter.join(" AND "), name, find).await?;
+        if known {
+            self.counts.filter_cache_hits.add(1);
+        }
+        Ok(ids)
+    }
+
+    /// Ids of the rows passing the filters, found by scanning the key (or nothing, for
+    /// positions) and the filters' columns.
+    async fn find_allowed(&self, key: Option<usize>) -> Result<Vec<i64>> {
         let table = &self.spec.table;
         let mut ids = vec![];
-        match table.key_index() {
+        match key {
             Some(key) => {
                 let (plan, mut stream) = self.planned(&[key], &self.spec.filters).await?;
                 while let Some(batch) = stream.next().await {
                     let column = cast(batch?.column(0), &DataType::Int64)?;
                     ids.extend(column.as_primitive::<Int64Type>().iter().flatten());
                 }
-                self.counts.base_rows_read.add(rows_scanned(&plan));
+                self.counts.filter_rows_read.add(rows_scanned(&plan));
             }
             None => {
                 // Positions need the rows in table order: every row of the filter's
@@ -556,7 +617,7 @@ impl Run {
                 let predicate = self.state.create_physical_expr(predicate, &DFSchema::try_from(schema)?)?;
                 let mut position = 0i64;
                 for batch in &batches {
-                    self.counts.base_rows_read.add(batch.num_rows());
+                    self.counts.filter_rows_read.add(batch.num_rows());
                     let keep = predicate.evaluate(batch)?.into_array(batch.num_rows())?;
                     for (i, pass) in keep.as_boolean().iter().enumerate() {
                         if pass == Some(true) {
@@ -589,17 +650,22 @@ impl Run {
         columns
     }
 
-    /// For files no index covers, without filters, by an L2 index: their vectors (kept
-    /// once decoded) ranked here, and only the nearest rows (and any tied with the k-th)
-    /// read and emitted for the exact ranking above. `None` where this does not apply.
+    /// For files no index covers, by an L2 index: their vectors (kept once decoded)
+    /// ranked here, those of the rows passing the filters only, and only the nearest rows
+    /// (and any tied with the k-th) read and emitted for the exact ranking above. `None`
+    /// where this does not apply.
     async fn flat(&self) -> Result<Option<Batches>> {
         let spec = &self.spec;
         let table = &spec.table;
         let d = table.index_info().dimension;
         let l2 = matches!(spec.function.as_str(), "vec_distance" | "l2_distance_squared");
-        if !spec.filters.is_empty() || !l2 || table.metric() != crate::Metric::L2 || spec.query.len() != d {
+        if !l2 || table.metric() != crate::Metric::L2 || spec.query.len() != d {
             return Ok(None);
         }
+        let passing = match spec.filters.is_empty() {
+            true => None,
+            false => Some(self.passing(true).await?),
+        };
         let vector = [table.vector_index()];
         let name = table.schema().field(vector[0]).name().clone();
         let (Some(listed), Some(rows)) = futures::try_join!(
@@ -615,10 +681,15 @@ impl Run {
         };
         let n = located.rows() as usize;
         self.counts.unindexed_rows.add(n);
-        let distances: Vec<f32> = vectors
-            .chunks_exact(d.max(1))
-            .map(|v| v.iter().zip(&spec.query).map(|(a, b)| (a - b) * (a - b)).sum())
-            .collect();
+        let rows: Vec<usize> = match &passing {
+            Some(p) => p.iter().map(|&p| p as usize).filter(|&p| p < n).collect(),
+            None => (0..n).collect(),
+        };
+        let distance = |i: usize| -> f32 {
+            let v = &vectors[i * d..][..d];
+            v.iter().zip(&spec.query).map(|(a, b)| (a - b) * (a - b)).sum()
+        };
+        let distances: Vec<f32> = rows.iter().map(|&i| distance(i)).collect();
         // Everything within f32 rounding of the k-th: the exact f64 ranking above decides.
         let mut sorted = distances.clone();
         let kth = match sorted.len() > spec.k {
@@ -626,7 +697,8 @@ impl Run {
             false => f32::INFINITY,
         };
         let bound = kth + 1e-4 * kth.abs() + 1e-6;
-        let positions: Vec<u64> = (0..n).filter(|&i| distances[i] <= bound).map(|i| i as u64).collect();
+        let positions: Vec<u64> =
+            rows.iter().zip(&distances).filter(|&(_, &dist)| dist <= bound).map(|(&i, _)| i as u64).collect();
         let batches = located.read(&positions, &self.context, &self.io).await?;
         self.counts.base_rows_read.add(positions.len());
         self.counts.rows_reranked.add(positions.len());
@@ -889,10 +961,10 @@ impl Found {
 impl TopK {
     /// With a filter passing `allowed` ids, as many more lists as it is selective, so
     /// about as many allowed vectors are compared as an unfiltered search compares.
-    fn nprobe_for(&self, info: &crate::IndexInfo, allowed: Option<&[i64]>) -> usize {
+    fn nprobe_for(&self, info: &crate::IndexInfo, allowed: Option<usize>) -> usize {
         match allowed {
-            Some(keys) => {
-                let fraction = keys.len() as f64 / info.ntotal.max(1) as f64;
+            Some(n) => {
+                let fraction = n as f64 / info.ntotal.max(1) as f64;
                 (self.nprobe as f64 / fraction.min(1.0)).ceil() as usize
             }
             None => self.nprobe,
@@ -907,14 +979,26 @@ impl TopK {
             .then_some((&result.codes, info.code_size))
     }
 
-    /// Whether every row passing the filters (`allowed` of them, when filtered) is read
-    /// instead of searching: few pass, or the index would return every row anyway.
-    fn brute_force(&self, allowed: Option<usize>) -> bool {
-        let ntotal = self.table.index_info().ntotal;
-        allowed.is_some_and(|n| n <= self.candidates() || n as f64 <= self.brute_force_fraction * ntotal as f64)
-            || self.candidates() as u64 >= ntotal
+    /// Whether every row passing the filters is read instead of searching: the index
+    /// would return every row anyway.
+    fn whole_index(&self) -> bool {
+        self.candidates() as u64 >= self.table.index_info().ntotal
+    }
+
+    /// Whether the `allowed` passing rows' own entries are searched (their codes fetched
+    /// through the index's id map) rather than the lists a filtered search would probe:
+    /// whichever costs less to read.
+    fn by_entries(&self, index: &crate::IvfIndex, allowed: usize) -> bool {
+        let info = index.info();
+        index.has_entries()
+            && info.ntotal.saturating_mul(16) <= MAX_ID_MAP_BYTES
+            && index.entries_cost(allowed) <= index.lists_cost(self.nprobe_for(info, Some(allowed)))
     }
 }
+
+/// Largest id map an index is given (16 bytes per vector): beyond it, filtered searches
+/// probe lists.
+const MAX_ID_MAP_BYTES: u64 = 512 * 1024 * 1024;
 
 /// Whether FAISS's distance `d` ties with the k-th, `kth`, within its f32 rounding (the
 /// exact re-rank, in f64, may order them either way).

@@ -183,7 +183,6 @@ fn match_knn(predicate: &Expr, window: &Window, settings: &FaissConfig) -> Resul
         refine: if exact_codes(table.index_info()) { 1 } else { settings.refine_factor.max(1) },
         // The index's copy is the table's vector (IVF-Flat), as for the single search.
         vectors_from_index: exact_codes(table.index_info()) && !table.options().normalized,
-        brute_force_fraction: settings.brute_force_fraction,
         cache_bytes: settings.cache_mb as u64 * 1024 * 1024,
         table,
     };

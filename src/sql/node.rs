@@ -30,7 +30,6 @@ pub struct TopK {
     /// The vector column is emitted from the index's codes (IVF-Flat, where a code is
     /// the vector), not read from the table: nothing above uses it but the distance.
     pub vectors_from_index: bool,
-    pub brute_force_fraction: f64,
     pub cache_bytes: u64,
 }
 

@@ -228,10 +228,10 @@ impl Batches {
                     return Ok::<_, DataFusionError>(None);
                 }
                 let start = std::time::Instant::now();
-                let ids = run.index_ids(run.allowed_ids().await?);
+                let ids = run.index_ids(&run.allowed_ids().await?);
                 run.counts.filter_time.add_elapsed(start);
                 run.counts.allowed_rows.add(ids.len());
-                Ok(Some(Arc::new(ids)))
+                Ok(Some(ids))
             })
             .await?;
         Ok(allowed.clone())
@@ -277,7 +277,7 @@ impl Batches {
             true => (None, true),
             false => {
                 let allowed = self.allowed().await?;
-                let all = !finite || spec.brute_force(allowed.as_ref().map(|a| a.len()));
+                let all = !finite || spec.whole_index();
                 (allowed, all)
             }
         };
@@ -397,12 +397,11 @@ impl Run {
         let keys = self.key_gate().await?;
         let mut index = spec.table.index(spec.cache_bytes).await?;
         let d = index.info().dimension;
-        let nprobe = spec.nprobe_for(index.info(), allowed);
+        let nprobe = spec.nprobe_for(index.info(), allowed.map(<[i64]>::len));
         let want = spec.candidates() + 1;
         let threads = self.context.session_config().target_partitions();
-        let options = SearchOptions { allowed, codes: spec.vectors_from_index, threads };
-        let (current, pinned, result) =
-            futures::join!(index.check(), self.pinned_here(), index.search_with(queries, want, nprobe, options));
+        let search = self.search_once(&index, queries, want, nprobe, allowed, threads);
+        let (current, pinned, (result, mut entries)) = futures::join!(index.check(), self.pinned_here(), search);
         if !pinned? {
             // Replaced since planning: every query is answered from the part's rows.
             return Ok((queries.chunks_exact(d).map(|_| None).collect(), 0));
@@ -411,13 +410,18 @@ impl Run {
             Err(e) if registry::is_changed(&e) => {
                 registry::forget(spec.table.location(), &index);
                 index = spec.table.index(spec.cache_bytes).await?;
-                index.search_with(queries, want, nprobe, options).await
+                let result;
+                (result, entries) = self.search_once(&index, queries, want, nprobe, allowed, threads).await;
+                result
             }
             r => r,
         }
         .map_err(|e| index_error(spec.table.location(), e))?;
         self.counts.add_search(&result.stats);
-        self.counts.nprobe.add(nprobe);
+        match entries {
+            true => self.counts.by_entries.add(1),
+            false => self.counts.nprobe.add(nprobe),
+        }
         let codes = spec.codes(index.info(), &result);
         let ntotal = index.info().ntotal;
         let (mut out, mut alone) = (vec![], 0);
@@ -425,13 +429,19 @@ impl Run {
             let mut found = Found::of(&result, q * want..(q + 1) * want);
             let last = (found.0.len() == want).then(|| found.0[want - 1].1);
             let dropped = found.standing(|id| self.to_part(keys.as_deref(), id));
-            if found.0.len() < spec.k || found.ties_past(spec.k, last) || (dropped > 0 && found.0.len() <= spec.candidates()) {
+            // Every passing entry compared, and every passing row among them: fewer than
+            // k is the answer.
+            let all = entries && last.is_none() && found.0.len() >= allowed.map_or(0, <[i64]>::len);
+            let short = found.0.len() < spec.k && !all;
+            if short || found.ties_past(spec.k, last) || (dropped > 0 && found.0.len() <= spec.candidates()) {
                 out.push(self.search(query, allowed).await?);
                 alone += 1;
                 continue;
             }
             self.counts.dropped_hits.add(dropped);
-            found.keep(spec.k, spec.candidates());
+            if found.0.len() >= spec.k {
+                found.keep(spec.k, spec.candidates());
+            }
             out.push(Some(found.candidates(codes, ntotal)));
         }
         Ok((out, alone))

@@ -11,6 +11,7 @@
 
 pub(crate) mod footer;
 pub(crate) mod keys;
+pub(crate) mod passing;
 mod reader;
 pub(crate) mod vectors;
 
@@ -72,6 +73,11 @@ impl Listed {
             f.range = None;
         }
         Ok(Some(Listed { store, scan: scan.clone(), parquet: parquet.clone(), files }))
+    }
+
+    /// What identifies this version of the table: every file's version.
+    pub fn version(&self) -> Vec<FileVersion> {
+        self.files.iter().map(|f| FileVersion::of(&self.store, &f.object_meta)).collect()
     }
 
     /// The footer of every file, from the cache or read.
@@ -148,7 +154,7 @@ impl Located {
 
     /// What identifies this version of the table: every file's version.
     pub fn version(&self) -> Vec<FileVersion> {
-        self.listed.files.iter().map(|f| FileVersion::of(&self.listed.store, &f.object_meta)).collect()
+        self.listed.version()
     }
 
     /// The rows at `positions` (sorted, distinct, below [`rows`](Self::rows)), in that
