@@ -78,27 +78,8 @@ fn apply(folder: &Path, change: Change) {
     }
 }
 
-/// Index bytes written by pip's faiss-cpu over `x`: with `ids`, or numbered by position.
 fn pip_index(x: &[f32], ids: Option<&[i64]>, dir: &Path) -> Vec<u8> {
-    let vectors = dir.join("x.f32");
-    let ids_file = dir.join("ids.i64");
-    let out = dir.join("pip.faiss");
-    std::fs::write(&vectors, x.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>()).unwrap();
-    let extra = match ids {
-        Some(ids) => {
-            std::fs::write(&ids_file, ids.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>()).unwrap();
-            format!("ids={}", ids_file.display())
-        }
-        None => "positions".into(),
-    };
-    let status = Command::new(root().join(".work/venv/bin/python"))
-        .arg(root().join("tests/python/write_index.py"))
-        .args([vectors.as_os_str(), D.to_string().as_ref(), "IVF32,Flat".as_ref(), "l2".as_ref(), out.as_os_str()])
-        .arg(extra)
-        .status()
-        .unwrap();
-    assert!(status.success());
-    std::fs::read(out).unwrap()
+    common::pip_index(x, D, "IVF32,Flat", ids, dir)
 }
 
 /// A session that lists folders anew each query (DataFusion keeps a folder's listing

@@ -175,6 +175,30 @@ pub fn pyarrow_table(out: &std::path::Path, rows: usize, d: usize, files: usize,
 pub mod proxy;
 pub mod tables;
 
+/// Index bytes written by pip's faiss-cpu (`factory`, L2) over `x` (`d` wide): with `ids`,
+/// or numbered by position; `dir` holds the files passed to Python.
+pub fn pip_index(x: &[f32], d: usize, factory: &str, ids: Option<&[i64]>, dir: &std::path::Path) -> Vec<u8> {
+    let vectors = dir.join("x.f32");
+    let ids_file = dir.join("ids.i64");
+    let out = dir.join("pip.faiss");
+    std::fs::write(&vectors, x.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>()).unwrap();
+    let extra = match ids {
+        Some(ids) => {
+            std::fs::write(&ids_file, ids.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>()).unwrap();
+            format!("ids={}", ids_file.display())
+        }
+        None => "positions".into(),
+    };
+    let status = Command::new(root().join(".work/venv/bin/python"))
+        .arg(root().join("tests/python/write_index.py"))
+        .args([vectors.as_os_str(), d.to_string().as_ref(), factory.as_ref(), "l2".as_ref(), out.as_os_str()])
+        .arg(extra)
+        .status()
+        .unwrap();
+    assert!(status.success(), "pip faiss-cpu failed to write {factory}");
+    std::fs::read(out).unwrap()
+}
+
 /// `CREATE EXTERNAL TABLE name STORED AS FAISS` over `table` (Parquet) and `index`, its
 /// vectors in `embedding`, keyed by `id` or (without `key`) by row position.
 pub async fn create(ctx: &datafusion::prelude::SessionContext, name: &str, table: &str, index: &str, key: bool) {
@@ -214,7 +238,11 @@ pub async fn metric(ctx: &datafusion::prelude::SessionContext, sql: &str, name: 
         .lines()
         .find(|l| l.contains("IvfTopKExec") || l.contains("IvfKnnExec"))
         .unwrap_or_else(|| panic!("no index scan in {text}"));
-    let value = line.split(&format!("{name}=")).nth(1).unwrap_or_else(|| panic!("no {name} in {line}"));
+    // `waves=` is also the end of `table_waves=`: match whole names only.
+    let value = [" ", "["]
+        .iter()
+        .find_map(|before| line.split(&format!("{before}{name}=")).nth(1))
+        .unwrap_or_else(|| panic!("no {name} in {line}"));
     let value = value.split([',', ']']).next().unwrap().trim();
     // DataFusion prints counts from 1000 on as "2.30 K".
     let (number, scale) = match value.split_once(' ') {
