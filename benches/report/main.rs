@@ -13,6 +13,7 @@ mod common;
 mod batch;
 mod cells;
 mod data;
+mod filtered;
 mod lookup;
 mod output;
 mod pip;
@@ -44,6 +45,7 @@ struct Plan {
     lookup: LookupPlan,
     /// Batch search: queries per data set (by name), and how many single statements to time.
     batch: (Vec<(String, usize)>, usize),
+    filtered: filtered::Plan,
 }
 
 /// The row-lookup section: the IVF-Flat table of `dataset` as pyarrow writes it and in
@@ -102,6 +104,14 @@ fn full() -> Plan {
             latency: Duration::from_millis(30),
         },
         batch: (vec![("fashion-mnist".into(), 10_000), ("clustered-1m-128".into(), 1_000)], 2_000),
+        filtered: filtered::Plan {
+            rows: 1_000_000,
+            d: 128,
+            nlist: 1024,
+            queries: 11,
+            exact: (3, 1),
+            latency: Duration::from_millis(30),
+        },
     }
 }
 
@@ -133,6 +143,7 @@ fn smoke() -> Plan {
             latency: Duration::ZERO,
         },
         batch: (vec![("clustered-4k-16".into(), 50)], 10),
+        filtered: filtered::Plan { rows: 20_000, d: 16, nlist: 64, queries: 3, exact: (3, 3), latency: Duration::ZERO },
     }
 }
 
@@ -148,6 +159,10 @@ fn main() {
     // DFF_REPORT=batch the batch-search section alone (IVF-Flat); DFF_REPORT=flat every
     // section but the row lookup, on the IVF-Flat indexes only.
     let section = std::env::var("DFF_REPORT").unwrap_or_default();
+    // DFF_REPORT=filtered: the filtered-search section alone.
+    if section == "filtered" {
+        plan.specs.clear();
+    }
     let only_batch = section == "batch";
     let only_lookup = section == "lookup";
     if only_lookup {
@@ -257,13 +272,26 @@ fn main() {
     }
 
     // Made outside the runtime: building an index blocks.
-    if section != "flat" && !only_batch {
+    if section != "flat" && !only_batch && section != "filtered" {
         let larger = plan.lookup.larger.as_ref().map(|spec| data::prepare(spec, &plan.out));
         rt.block_on(measure_lookup(&plan, &datasets, larger.as_ref(), &s3, &mut report));
     }
 
+    let mut filtered_md = String::new();
+    if matches!(section.as_str(), "" | "filtered") {
+        let (md, exact) = rt.block_on(filtered::measure(&plan.filtered, &plan.out, &s3));
+        // Exactness does not depend on timing: checked in the smoke run too.
+        assert!(exact, "a filtered query ranked by entries differs from the exact plan\n{md}");
+        if section == "filtered" {
+            std::fs::write(plan.out.join("filtered.md"), &md).unwrap();
+            println!("{md}");
+            return;
+        }
+        filtered_md = md;
+    }
+
     report.setup.push(format!("whole run: {:.0} s", started.elapsed().as_secs_f64()));
-    let md = report.markdown();
+    let md = report.markdown() + &filtered_md;
     std::fs::write(plan.out.join("report.md"), &md).unwrap();
     std::fs::write(plan.out.join("report.json"), report.json()).unwrap();
     if !only_lookup && !only_batch {
