@@ -111,6 +111,11 @@ impl ObjectStore for Wire {
     }
     async fn get_opts(&self, location: &Path, options: GetOptions) -> object_store::Result<GetResult> {
         let guard = InFlight::start(&self.counters);
+        // DFF_WIRE_TRACE=1: every request on stderr, for request-by-request traces.
+        if std::env::var_os("DFF_WIRE_TRACE").is_some() {
+            let what = if options.head { "HEAD".to_string() } else { format!("GET {:?}", options.range) };
+            eprintln!("wire: {what} {location} (round trip {})", self.counters.round_trips.load(Ordering::SeqCst));
+        }
         if !self.latency.is_zero() {
             tokio::time::sleep(self.latency).await;
         }

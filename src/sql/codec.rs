@@ -146,6 +146,8 @@ fn decode_part(msg: &PartMsg, table: Arc<VectorTable>) -> Result<Part> {
         files: msg.files as usize,
         rows: msg.rows,
         stale: msg.stale as usize,
+        // A file version names a store of this process: the executor lists anew.
+        versions: None,
     })
 }
 

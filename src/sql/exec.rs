@@ -313,6 +313,8 @@ struct Run {
     exact: bool,
     ids: Ids,
     pinned: Option<crate::sql::manifest::ObjectVersion>,
+    /// The part's files as planned, if known.
+    versions: Option<Arc<Vec<super::rows::FileVersion>>>,
     /// For keys some of which may be gone: the key map of the part's files, read once.
     keys: tokio::sync::OnceCell<Arc<keys::KeyMap>>,
     state: SessionState,
@@ -339,6 +341,7 @@ impl Run {
             exact: part.exact,
             ids: part.ids.clone(),
             pinned: part.pinned.clone(),
+            versions: part.versions.clone(),
             keys: tokio::sync::OnceCell::new(),
             state: state.clone(),
             context,
@@ -565,21 +568,29 @@ impl Run {
     }
 
     /// Ids of the rows passing the filters, sorted: their positions when `by_position`
-    /// or the table has no key, else their keys.
+    /// or the table has no key, else their keys. Kept per version of the part's files:
+    /// as planned (no request here), else as listed now.
     async fn passing(&self, by_position: bool) -> Result<Arc<Vec<i64>>> {
         let table = &self.spec.table;
         let key = table.key_index().filter(|_| !by_position);
-        let mut columns = self.filter_columns();
-        columns.extend(key);
-        let listed = Listed::list(table.base(), &self.state, &columns).await?;
-        let volatile = self.spec.filters.iter().any(Expr::is_volatile);
-        let Some(listed) = listed.filter(|_| !volatile) else {
+        if self.spec.filters.iter().any(Expr::is_volatile) {
             return Ok(Arc::new(self.find_allowed(key).await?));
+        }
+        let version = match &self.versions {
+            Some(versions) => versions.as_ref().clone(),
+            None => {
+                let mut columns = self.filter_columns();
+                columns.extend(key);
+                match Listed::list(table.base(), &self.state, &columns).await? {
+                    Some(listed) => listed.version(),
+                    None => return Ok(Arc::new(self.find_allowed(key).await?)),
+                }
+            }
         };
         let filter: Vec<String> = self.spec.filters.iter().map(|f| f.to_string()).collect();
         let name = key.map(|k| table.schema().field(k).name().clone());
         let find = self.find_allowed(key);
-        let (ids, known) = passing::passing(listed.version(), filter.join(" AND "), name, find).await?;
+        let (ids, known) = passing::passing(version, filter.join(" AND "), name, find).await?;
         if known {
             self.counts.filter_cache_hits.add(1);
         }

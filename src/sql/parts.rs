@@ -19,6 +19,7 @@ use object_store::ObjectMeta;
 
 use super::manifest::{self, IndexObject, IndexSet, ObjectVersion};
 use super::registry;
+use super::rows::FileVersion;
 use super::table::{index_error, VectorTable};
 
 /// One partition of an index scan: an index searched over the files it covers, or the
@@ -37,6 +38,9 @@ pub struct Part {
     pub files: usize,
     pub rows: u64,
     pub stale: usize,
+    /// The part's files as listed at planning: what the query's filter is found on (and
+    /// kept for). `None` where not known (a part sent to another process): listed again.
+    pub(crate) versions: Option<Arc<Vec<FileVersion>>>,
 }
 
 /// How an index's ids name the rows of its part.
@@ -110,6 +114,7 @@ pub(crate) async fn parts(table: &Arc<VectorTable>, state: &SessionState, cache_
         files: 0,
         rows: table.index_info().ntotal,
         stale: 0,
+        versions: None,
     };
     let Some(listing) = (table.base().as_ref() as &dyn std::any::Any).downcast_ref::<ListingTable>() else {
         // Not a table of files: nothing to compare versions of.
@@ -121,6 +126,11 @@ pub(crate) async fn parts(table: &Arc<VectorTable>, state: &SessionState, cache_
     // size and date from its first listing): a rewritten file must be seen as rewritten.
     let (files, indexes) = futures::join!(data_files(listing, state), set.list(runtime));
     let (files, indexes) = (files?, indexes?);
+    let versions = |of: &mut dyn Iterator<Item = usize>| -> Result<Option<Arc<Vec<FileVersion>>>> {
+        let Some(url) = listing.table_paths().first() else { return Ok(None) };
+        let store = runtime.object_store(url.object_store())?;
+        Ok(Some(Arc::new(of.map(|i| FileVersion::of(&store, &files[i].1)).collect())))
+    };
     let by_path: HashMap<&str, usize> = files.iter().enumerate().map(|(i, (_, m))| (m.location.as_ref(), i)).collect();
     let mut taken = vec![false; files.len()];
     let mut planned: Vec<Planned> = vec![];
@@ -183,7 +193,16 @@ pub(crate) async fn parts(table: &Arc<VectorTable>, state: &SessionState, cache_
         if uncovered.is_empty() && only.stale == 0 && !set.is_folder() {
             let part = whole(false);
             let rows = if only.rows > 0 { only.rows } else { part.rows };
-            return Ok(vec![Part { ids: only.ids.clone(), pinned: only.pinned.clone(), files: files.len(), rows, stale: only.stale, ..part }]);
+            let versions = versions(&mut (0..files.len()))?;
+            return Ok(vec![Part {
+                ids: only.ids.clone(),
+                pinned: only.pinned.clone(),
+                files: files.len(),
+                rows,
+                stale: only.stale,
+                versions,
+                ..part
+            }]);
         }
     }
     if planned.is_empty() && uncovered.is_empty() {
@@ -215,6 +234,7 @@ pub(crate) async fn parts(table: &Arc<VectorTable>, state: &SessionState, cache_
             files: plan.files.len(),
             rows,
             stale: plan.stale,
+            versions: versions(&mut plan.files.iter().copied())?,
         });
     }
     if !uncovered.is_empty() {
@@ -227,6 +247,7 @@ pub(crate) async fn parts(table: &Arc<VectorTable>, state: &SessionState, cache_
             files: uncovered.len(),
             rows: 0,
             stale: unplanned_stale,
+            versions: versions(&mut uncovered.iter().copied())?,
         });
     }
     Ok(parts)
