@@ -112,6 +112,15 @@ async fn check_answers(ctx: &SessionContext, x: &[f32], what: &str) {
     }
 }
 
+/// The batch k-NN join with the filter on the vector table's side searches entries too.
+async fn check_batch_plan(ctx: &SessionContext, what: &str) {
+    let sql = batch("id < 140");
+    assert!(text(ctx, &format!("EXPLAIN {sql}")).await.contains("IvfKnnExec"), "{what}: not a batch search");
+    // A search per batch of query rows, each by entries, none of the lists.
+    assert!(metric(ctx, &sql, "by_entries").await >= 1, "{what}: batch");
+    assert_eq!(metric(ctx, &sql, "nprobe").await, 0, "{what}: batch");
+}
+
 /// What the plan decided and read, per selectivity, on a memory-mapped index.
 async fn check_local_plan(ctx: &SessionContext, x: &[f32], code_size: usize, what: &str) {
     ctx.sql("SET faiss.nprobe = 16").await.unwrap();
@@ -148,6 +157,7 @@ async fn local_case(factory: &str, code_size: usize, keyed: bool) {
     create(&ctx, "docs", &format!("{}/", folder.display()), index.to_str().unwrap(), keyed).await;
     check_answers(&ctx, &x, &what).await;
     check_local_plan(&ctx, &x, code_size, &what).await;
+    check_batch_plan(&ctx, &what).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -222,5 +232,50 @@ async fn entries_equal_a_filtered_search_of_every_list() {
         let few = index.search_entries(&queries[..D], 10, &allowed[..3], false).await.unwrap();
         assert_eq!(few.ids.iter().filter(|&&id| id >= 0).count(), 3, "{factory}");
         assert_eq!(few.ids[3..], [-1; 7], "{factory}");
+    }
+}
+
+/// The table changes under the index (recorded with `attach`): half of one file's rows
+/// deleted. The passing ids found before are not used for the new version: the filter is
+/// run again, the rewritten file's passing rows are ranked from its vectors (only they),
+/// and every answer still equals the exact plan.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn filter_after_the_table_changed() {
+    use datafusion::execution::cache::cache_manager::CacheManagerConfig;
+    use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+    for keyed in [false, true] {
+        let what = format!("changed, {}", if keyed { "keys" } else { "positions" });
+        let dir = tempfile::tempdir().unwrap();
+        let (x, folder) = fixtures(dir.path(), ROWS, "IVF64,Flat", keyed);
+        // Folders listed anew each query, as the exact plan must see the change too.
+        let caches = CacheManagerConfig::default().with_list_files_cache_limit(0);
+        let runtime = RuntimeEnvBuilder::new().with_cache_manager(caches).build_arc().unwrap();
+        let ctx = SessionContext::new_with_config_rt(Default::default(), runtime);
+        datafusion_faiss::sql::register_all(&ctx);
+        let (table, index) = (format!("{}/", folder.display()), dir.path().join("docs.faiss"));
+        datafusion_faiss::sql::manifest::attach(&ctx.state(), &table, index.to_str().unwrap()).await.unwrap();
+        create(&ctx, "docs", &table, index.to_str().unwrap(), keyed).await;
+        for (name, filter, _) in &FILTERS[2..4] {
+            same_as_exact(&ctx, &top_k(&x, 15_000, filter), &format!("{what} {name} before")).await;
+        }
+        let status = std::process::Command::new(root().join(".work/venv/bin/python"))
+            .arg(root().join("tests/python/change_table.py"))
+            .args(["delete", folder.join("part-01.parquet").to_str().unwrap(), "3"])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        for (name, filter, passing) in &FILTERS[2..4] {
+            let sql = top_k(&x, 15_000, filter);
+            assert_eq!(metric(&ctx, &sql, "filter_cache_hits").await, 0, "{what} {name}: found again");
+            same_as_exact(&ctx, &sql, &format!("{what} {name} after")).await;
+            // Half of the second file's rows are gone: fewer pass.
+            let allowed = metric(&ctx, &sql, "allowed_rows").await;
+            assert!(allowed < *passing, "{what} {name}: {allowed} of {passing}");
+            // The rewritten file is ranked from its vectors: its rows are read only
+            // for the nearest (the index part's for its own candidates).
+            let read = metric(&ctx, &sql, "base_rows_read").await;
+            assert!(read <= 2 * 12, "{what} {name}: read {read} rows");
+            assert!(metric(&ctx, &sql, "unindexed_rows").await > 0, "{what} {name}");
+        }
     }
 }

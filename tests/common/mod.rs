@@ -238,10 +238,12 @@ pub async fn metric(ctx: &datafusion::prelude::SessionContext, sql: &str, name: 
         .lines()
         .find(|l| l.contains("IvfTopKExec") || l.contains("IvfKnnExec"))
         .unwrap_or_else(|| panic!("no index scan in {text}"));
-    // `waves=` is also the end of `table_waves=`: match whole names only.
-    let value = [" ", "["]
-        .iter()
-        .find_map(|before| line.split(&format!("{before}{name}=")).nth(1))
+    // Whole names among the metrics only: `waves=` ends `table_waves=`, and the
+    // operator's own text has `nprobe=`.
+    let metrics = line.split("metrics=[").nth(1).unwrap_or_else(|| panic!("no metrics in {line}"));
+    let value = metrics
+        .split(", ")
+        .find_map(|m| m.strip_prefix(&format!("{name}=")))
         .unwrap_or_else(|| panic!("no {name} in {line}"));
     let value = value.split([',', ']']).next().unwrap().trim();
     // DataFusion prints counts from 1000 on as "2.30 K".
