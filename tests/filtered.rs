@@ -211,10 +211,10 @@ async fn filtered_on_s3() {
 
 /// The library's search by entries equals its filtered search of every list (itself
 /// checked against FAISS's own), for lossy codes whose scanners use the coarse distance
-/// (PQ, by residual) too; ids the index lacks are skipped.
+/// (PQ, by residual) too, after a transform (OPQ); ids the index lacks are skipped.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn entries_equal_a_filtered_search_of_every_list() {
-    for factory in ["IVF64,Flat", "IVF64,SQ8", "IVF64,PQ4", "IVF64_HNSW8,Flat"] {
+    for factory in ["IVF64,Flat", "IVF64,SQ8", "IVF64,PQ4", "IVF64_HNSW8,Flat", "OPQ4,IVF64,PQ4"] {
         let dir = tempfile::tempdir().unwrap();
         let (x, _) = fixtures(dir.path(), ROWS, factory, false);
         let index = IvfIndex::open_file(dir.path().join("docs.faiss")).await.unwrap();
