@@ -13,11 +13,6 @@ use std::process::Command;
 use std::sync::Arc;
 
 use common::*;
-use datafusion::arrow::array::RecordBatch;
-use datafusion::arrow::util::pretty::pretty_format_batches;
-use datafusion::execution::cache::cache_manager::CacheManagerConfig;
-use datafusion::execution::object_store::ObjectStoreUrl;
-use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::prelude::SessionContext;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 
@@ -82,34 +77,6 @@ fn pip_index(x: &[f32], ids: Option<&[i64]>, dir: &Path) -> Vec<u8> {
     common::pip_index(x, D, "IVF32,Flat", ids, dir)
 }
 
-/// A session that lists folders anew each query (DataFusion keeps a folder's listing
-/// forever by default; the exact plan must see the change too).
-fn context(store: Option<(&str, Arc<dyn ObjectStore>)>) -> SessionContext {
-    let caches = CacheManagerConfig::default().with_list_files_cache_limit(0);
-    let runtime = RuntimeEnvBuilder::new().with_cache_manager(caches).build_arc().unwrap();
-    let ctx = SessionContext::new_with_config_rt(Default::default(), runtime);
-    if let Some((url, store)) = store {
-        ctx.register_object_store(ObjectStoreUrl::parse(url).unwrap().as_ref(), store);
-    }
-    datafusion_faiss::sql::register_all(&ctx);
-    ctx
-}
-
-async fn text(ctx: &SessionContext, sql: &str) -> String {
-    let batches: Vec<RecordBatch> = ctx.sql(sql).await.unwrap().collect().await.unwrap();
-    pretty_format_batches(&batches).unwrap().to_string()
-}
-
-async fn same_as_exact(ctx: &SessionContext, sql: &str, what: &str) {
-    ctx.sql("SET faiss.enabled = true").await.unwrap();
-    let indexed = text(ctx, sql).await;
-    ctx.sql("SET faiss.enabled = false").await.unwrap();
-    let exact = text(ctx, sql).await;
-    ctx.sql("SET faiss.enabled = true").await.unwrap();
-    assert!(exact.lines().count() > 4, "{what}: {sql}: {exact}");
-    assert_eq!(indexed, exact, "{what}: {sql}");
-}
-
 fn vector(x: &[f32], row: usize) -> String {
     let v = &x[row * D..(row + 1) * D];
     format!("'[{}]'", v.iter().map(|v| v.to_string()).collect::<Vec<_>>().join(", "))
@@ -157,7 +124,7 @@ async fn case(change: Change, keyed: bool) {
     let (x, ids) = pyarrow_table(&folder, ROWS, D, FILES, 31);
     let index = dir.path().join("docs.faiss");
     std::fs::write(&index, pip_index(&x, keyed.then_some(&ids[..]), dir.path())).unwrap();
-    let ctx = context(None);
+    let ctx = changing_context(None);
     let table = format!("{}/", folder.display());
     datafusion_faiss::sql::manifest::attach(&ctx.state(), &table, index.to_str().unwrap()).await.unwrap();
     create(&ctx, "docs", &table, index.to_str().unwrap(), keyed).await;
@@ -237,7 +204,7 @@ async fn changes_on_s3() {
             let index_key = format!("{prefix}/docs.faiss");
             let bytes = pip_index(&x, keyed.then_some(&ids[..]), dir.path());
             store.put(&index_key.clone().into(), PutPayload::from(bytes)).await.unwrap();
-            let ctx = context(Some((&bucket, store.clone())));
+            let ctx = changing_context(Some((&bucket, store.clone())));
             let (table, index) = (format!("{bucket}/{prefix}/docs/"), format!("{bucket}/{index_key}"));
             datafusion_faiss::sql::manifest::attach(&ctx.state(), &table, &index).await.unwrap();
             create(&ctx, "docs", &table, &index, keyed).await;
@@ -262,7 +229,7 @@ async fn without_manifest_refuses_what_it_cannot_check() {
         let (x, ids) = pyarrow_table(&folder, ROWS, D, FILES, 33);
         let index = dir.path().join("docs.faiss");
         std::fs::write(&index, pip_index(&x, keyed.then_some(&ids[..]), dir.path())).unwrap();
-        let ctx = context(None);
+        let ctx = changing_context(None);
         let table = format!("{}/", folder.display());
         create(&ctx, "docs", &table, index.to_str().unwrap(), keyed).await;
         ctx.sql("SET faiss.nprobe = 32").await.unwrap();
@@ -315,13 +282,13 @@ async fn update_through_the_api_with_a_reader_all_along() {
         let index = dir.path().join("docs.faiss");
         std::fs::write(&index, pip_index(&x, keyed.then_some(&ids[..]), dir.path())).unwrap();
         let table = format!("{}/", folder.display());
-        let ctx = context(None);
+        let ctx = changing_context(None);
         manifest::attach(&ctx.state(), &table, index.to_str().unwrap()).await.unwrap();
         create(&ctx, "docs", &table, index.to_str().unwrap(), keyed).await;
         ctx.sql("SET faiss.nprobe = 32").await.unwrap();
         apply(&folder, Change::AppendLast);
 
-        let reader = context(None);
+        let reader = changing_context(None);
         create(&reader, "docs", &table, index.to_str().unwrap(), keyed).await;
         reader.sql("SET faiss.nprobe = 32").await.unwrap();
         let (stop, rounds) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicUsize::new(0)));
@@ -384,7 +351,7 @@ async fn every_file_rewritten_is_ranked_from_its_vectors() {
     let (x, _) = pyarrow_table(&folder, ROWS, D, FILES, 35);
     let index = dir.path().join("docs.faiss");
     std::fs::write(&index, pip_index(&x, None, dir.path())).unwrap();
-    let ctx = context(None);
+    let ctx = changing_context(None);
     let table = format!("{}/", folder.display());
     datafusion_faiss::sql::manifest::attach(&ctx.state(), &table, index.to_str().unwrap()).await.unwrap();
     create(&ctx, "docs", &table, index.to_str().unwrap(), false).await;

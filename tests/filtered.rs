@@ -8,15 +8,11 @@
 mod common;
 
 use std::path::Path;
-use std::sync::Arc;
 
 use common::*;
-use datafusion::arrow::array::RecordBatch;
-use datafusion::arrow::util::pretty::pretty_format_batches;
-use datafusion::execution::object_store::ObjectStoreUrl;
 use datafusion::prelude::SessionContext;
 use datafusion_faiss::{IvfIndex, SearchOptions};
-use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use object_store::{ObjectStoreExt, PutPayload};
 
 const D: usize = 16;
 const ROWS: usize = 20_000;
@@ -35,29 +31,6 @@ const FILTERS: [(&str, &str, usize); 6] = [
 
 /// Query rows: one in each part of the table.
 const QUERIES: [usize; 3] = [11, 7_000, 15_000];
-
-fn context(store: Option<(&str, Arc<dyn ObjectStore>)>) -> SessionContext {
-    let ctx = SessionContext::new();
-    if let Some((url, store)) = store {
-        ctx.register_object_store(ObjectStoreUrl::parse(url).unwrap().as_ref(), store);
-    }
-    datafusion_faiss::sql::register_all(&ctx);
-    ctx
-}
-
-async fn text(ctx: &SessionContext, sql: &str) -> String {
-    let batches: Vec<RecordBatch> = ctx.sql(sql).await.unwrap().collect().await.unwrap();
-    pretty_format_batches(&batches).unwrap().to_string()
-}
-
-async fn same_as_exact(ctx: &SessionContext, sql: &str, what: &str) {
-    let indexed = text(ctx, sql).await;
-    ctx.sql("SET faiss.enabled = false").await.unwrap();
-    let exact = text(ctx, sql).await;
-    ctx.sql("SET faiss.enabled = true").await.unwrap();
-    assert!(exact.lines().count() > 4, "{what}: {sql}: {exact}");
-    assert_eq!(indexed, exact, "{what}: {sql}");
-}
 
 fn vector(x: &[f32], row: usize) -> String {
     let v = &x[row * D..(row + 1) * D];
@@ -152,7 +125,7 @@ async fn local_case(factory: &str, code_size: usize, keyed: bool) {
     let what = format!("{factory} {}", if keyed { "keys" } else { "positions" });
     let dir = tempfile::tempdir().unwrap();
     let (x, folder) = fixtures(dir.path(), ROWS, factory, keyed);
-    let ctx = context(None);
+    let ctx = changing_context(None);
     let index = dir.path().join("docs.faiss");
     create(&ctx, "docs", &format!("{}/", folder.display()), index.to_str().unwrap(), keyed).await;
     check_answers(&ctx, &x, &what).await;
@@ -192,7 +165,7 @@ async fn filtered_on_s3() {
         let index_key = format!("{prefix}/docs.faiss");
         let bytes = std::fs::read(dir.path().join("docs.faiss")).unwrap();
         store.put(&index_key.clone().into(), PutPayload::from(bytes)).await.unwrap();
-        let ctx = context(Some((&bucket, store.clone())));
+        let ctx = changing_context(Some((&bucket, store.clone())));
         create(&ctx, "docs", &format!("{bucket}/{prefix}/docs/"), &format!("{bucket}/{index_key}"), keyed).await;
         // First query: the id map (each list's ids, one wave) and the passing rows' codes.
         let first = top_k(&x, 15_000, FILTERS[0].1);
@@ -241,17 +214,11 @@ async fn entries_equal_a_filtered_search_of_every_list() {
 /// and every answer still equals the exact plan.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn filter_after_the_table_changed() {
-    use datafusion::execution::cache::cache_manager::CacheManagerConfig;
-    use datafusion::execution::runtime_env::RuntimeEnvBuilder;
     for keyed in [false, true] {
         let what = format!("changed, {}", if keyed { "keys" } else { "positions" });
         let dir = tempfile::tempdir().unwrap();
         let (x, folder) = fixtures(dir.path(), ROWS, "IVF64,Flat", keyed);
-        // Folders listed anew each query, as the exact plan must see the change too.
-        let caches = CacheManagerConfig::default().with_list_files_cache_limit(0);
-        let runtime = RuntimeEnvBuilder::new().with_cache_manager(caches).build_arc().unwrap();
-        let ctx = SessionContext::new_with_config_rt(Default::default(), runtime);
-        datafusion_faiss::sql::register_all(&ctx);
+        let ctx = changing_context(None);
         let (table, index) = (format!("{}/", folder.display()), dir.path().join("docs.faiss"));
         datafusion_faiss::sql::manifest::attach(&ctx.state(), &table, index.to_str().unwrap()).await.unwrap();
         create(&ctx, "docs", &table, index.to_str().unwrap(), keyed).await;

@@ -147,7 +147,7 @@ pub struct IvfIndex {
 }
 
 /// Every entry of the lists as (id, list, slot), sorted: where each id's code lies.
-pub struct Slots(Vec<(i64, u32, u32)>);
+struct Slots(Vec<(i64, u32, u32)>);
 
 impl Slots {
     /// (list, slot) of each entry holding `id` (none when the index lacks it; several
@@ -155,11 +155,6 @@ impl Slots {
     fn of(&self, id: i64) -> impl Iterator<Item = (u32, u32)> + '_ {
         let from = self.0.partition_point(|e| e.0 < id);
         self.0[from..].iter().take_while(move |e| e.0 == id).map(|e| (e.1, e.2))
-    }
-
-    /// Memory held, in bytes.
-    pub fn bytes(&self) -> usize {
-        self.0.len() * std::mem::size_of::<(i64, u32, u32)>()
     }
 }
 
@@ -471,13 +466,13 @@ impl IvfIndex {
     }
 
     /// Whether the id map has been read.
-    pub fn slots_read(&self) -> bool {
+    fn slots_read(&self) -> bool {
         self.slots.initialized()
     }
 
     /// The id → (list, slot) map, and what reading it cost now (nothing once read):
     /// the id section of every non-empty list, in one wave.
-    pub async fn slots(&self) -> Result<(Arc<Slots>, FetchStats)> {
+    async fn slots(&self) -> Result<(Arc<Slots>, FetchStats)> {
         let mut stats = FetchStats::default();
         let slots = self
             .slots

@@ -577,12 +577,12 @@ impl Run {
             return Ok(Arc::new(self.find_allowed(key).await?));
         }
         let version = match &self.versions {
-            Some(versions) => versions.as_ref().clone(),
+            Some(versions) => versions.clone(),
             None => {
                 let mut columns = self.filter_columns();
                 columns.extend(key);
                 match Listed::list(table.base(), &self.state, &columns).await? {
-                    Some(listed) => listed.version(),
+                    Some(listed) => Arc::new(listed.version()),
                     None => return Ok(Arc::new(self.find_allowed(key).await?)),
                 }
             }

@@ -175,6 +175,37 @@ pub fn pyarrow_table(out: &std::path::Path, rows: usize, d: usize, files: usize,
 pub mod proxy;
 pub mod tables;
 
+/// A session with the extension registered that lists folders anew each query (DataFusion keeps a folder's listing
+/// forever by default; the exact plan must see the change too).
+pub fn changing_context(store: Option<(&str, Arc<dyn ObjectStore>)>) -> datafusion::prelude::SessionContext {
+    let caches = datafusion::execution::cache::cache_manager::CacheManagerConfig::default().with_list_files_cache_limit(0);
+    let runtime = datafusion::execution::runtime_env::RuntimeEnvBuilder::new().with_cache_manager(caches).build_arc().unwrap();
+    let ctx = datafusion::prelude::SessionContext::new_with_config_rt(Default::default(), runtime);
+    if let Some((url, store)) = store {
+        ctx.register_object_store(datafusion::execution::object_store::ObjectStoreUrl::parse(url).unwrap().as_ref(), store);
+    }
+    datafusion_faiss::sql::register_all(&ctx);
+    ctx
+}
+
+/// `sql`'s result as a printed table.
+pub async fn text(ctx: &datafusion::prelude::SessionContext, sql: &str) -> String {
+    let batches: Vec<datafusion::arrow::array::RecordBatch> = ctx.sql(sql).await.unwrap().collect().await.unwrap();
+    datafusion::arrow::util::pretty::pretty_format_batches(&batches).unwrap().to_string()
+}
+
+/// `sql` through the index and through the exact plan: the same rows, and some.
+pub async fn same_as_exact(ctx: &datafusion::prelude::SessionContext, sql: &str, what: &str) {
+    ctx.sql("SET faiss.enabled = true").await.unwrap();
+    let indexed = text(ctx, sql).await;
+    ctx.sql("SET faiss.enabled = false").await.unwrap();
+    let exact = text(ctx, sql).await;
+    ctx.sql("SET faiss.enabled = true").await.unwrap();
+    assert!(exact.lines().count() > 4, "{what}: {sql}: {exact}");
+    assert_eq!(indexed, exact, "{what}: {sql}");
+}
+
+
 /// Index bytes written by pip's faiss-cpu (`factory`, L2) over `x` (`d` wide): with `ids`,
 /// or numbered by position; `dir` holds the files passed to Python.
 pub fn pip_index(x: &[f32], d: usize, factory: &str, ids: Option<&[i64]>, dir: &std::path::Path) -> Vec<u8> {

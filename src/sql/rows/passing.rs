@@ -11,7 +11,7 @@ use super::{FileVersion, METADATA_BUDGET};
 
 /// The table's version, the filter as text, and what the ids are (a key column's name,
 /// or positions).
-type Filter = (Vec<FileVersion>, String, Option<String>);
+type Filter = (Arc<Vec<FileVersion>>, String, Option<String>);
 
 fn sets() -> &'static moka::future::Cache<Filter, Arc<Vec<i64>>> {
     static CACHE: OnceLock<moka::future::Cache<Filter, Arc<Vec<i64>>>> = OnceLock::new();
@@ -26,7 +26,7 @@ fn sets() -> &'static moka::future::Cache<Filter, Arc<Vec<i64>>> {
 /// The ids passing `filter` on this `version` of the table, found by `find` when not yet
 /// known; whether they were known.
 pub(crate) async fn passing(
-    version: Vec<FileVersion>,
+    version: Arc<Vec<FileVersion>>,
     filter: String,
     key: Option<String>,
     find: impl Future<Output = Result<Vec<i64>>>,
