@@ -14,7 +14,7 @@ pub mod sql;
 pub mod stores;
 
 pub use error::{Error, Result};
-pub use fetch::{FetchStats, ListCache};
+pub use fetch::{DiskCache, FetchStats, ListCache};
 pub use index::{
     InMemoryIndex, IndexInfo, IvfIndex, IvfIndexBuilder, Metric, OpenOptions, SearchOptions, SearchResult, SearchStats,
     DEFAULT_CACHE_BYTES, MAX_RESULTS,

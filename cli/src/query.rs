@@ -120,12 +120,16 @@ fn io_line(plan: &Arc<dyn ExecutionPlan>) -> Option<String> {
     let (hits, mapped) = (sum("cache_hits")?, sum("bytes_mapped")?);
     let (table_gets, table_waves, table_bytes) = (sum("table_gets")?, sum("table_waves")?, sum("table_bytes")?);
     let plural = |n: usize| if n == 1 { "" } else { "s" };
-    let rows = format!(
+    let (disk_lists, disk_table) = (sum("disk_hits")?, sum("table_disk_hits")?);
+    let mut rows = format!(
         "; rows: {table_gets} GET{} in {table_waves} wave{}, {}",
         plural(table_gets),
         plural(table_waves),
         HumanBytes(table_bytes as u64)
     );
+    if disk_lists + disk_table > 0 {
+        rows += &format!("; disk tier: {disk_lists} lists, {disk_table} footers or key maps");
+    }
     if sum("brute_force")? > 0 {
         return Some(format!("io: the filter left few rows; {} ranked exactly, no list probed", sum("rows_reranked")?));
     }

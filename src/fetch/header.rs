@@ -8,7 +8,7 @@ use object_store::path::Path;
 use object_store::{GetOptions, GetRange, ObjectStore, ObjectStoreExt};
 use tokio::runtime::Handle;
 
-use super::Object;
+use super::{DiskCache, Object};
 use crate::error::{Error, Result};
 
 /// First range read at open: enough for the header of small indexes; larger ones take
@@ -34,15 +34,48 @@ pub struct HeaderSource {
     pub(crate) failure: Option<Error>,
     pub(crate) gets: u64,
     pub(crate) bytes: u64,
+    /// The header came from the disk tier.
+    pub(crate) from_disk: bool,
 }
 
 impl HeaderSource {
     /// Issues the first range GET, which also tells the object's size and ETag.
     pub(crate) async fn start(store: Arc<dyn ObjectStore>, path: Path) -> Result<Self> {
+        Self::start_with(store, path, None).await
+    }
+
+    /// Like [`start`](Self::start), but with a header kept in `disk` the first GET is
+    /// conditional (If-None-Match its ETag): "not modified" serves every header read from
+    /// the disk, in the same one round trip.
+    pub(crate) async fn start_with(store: Arc<dyn ObjectStore>, path: Path, disk: Option<&DiskCache>) -> Result<Self> {
         let name = path.to_string();
-        let options = GetOptions { range: Some(GetRange::Bounded(0..FIRST_READ)), ..Default::default() };
+        let key = format!("header|{store}|{path}");
+        let saved = match disk {
+            Some(disk) => disk.load(key).await.and_then(|b| Saved::decode(&b)),
+            None => None,
+        };
+        let options = GetOptions {
+            range: Some(GetRange::Bounded(0..FIRST_READ)),
+            if_none_match: saved.as_ref().map(|s| s.e_tag.clone()),
+            ..Default::default()
+        };
         let result = match store.get_opts(&path, options).await {
             Ok(r) => r,
+            Err(object_store::Error::NotModified { .. }) if saved.is_some() => {
+                let saved = saved.expect("a saved header");
+                let object = Object::new(store, path, Some(saved.e_tag), saved.size);
+                return Ok(HeaderSource {
+                    name,
+                    size: saved.size,
+                    remote: Some((object, Handle::current())),
+                    segments: saved.segments,
+                    last_end: 0,
+                    failure: None,
+                    gets: 1,
+                    bytes: 0,
+                    from_disk: true,
+                });
+            }
             Err(e @ object_store::Error::NotFound { .. }) => return Err(Error::store(&name, e)),
             // No range of an empty object exists: say so rather than echo the range error.
             Err(e) => {
@@ -73,6 +106,7 @@ impl HeaderSource {
             failure: None,
             gets: 1,
             bytes: first.len() as u64,
+            from_disk: false,
         })
     }
 
@@ -87,7 +121,17 @@ impl HeaderSource {
             failure: None,
             gets: 0,
             bytes: 0,
+            from_disk: false,
         }
+    }
+
+    /// Keeps what was read in `disk`, for the next process that opens this version (an
+    /// object without ETag cannot be checked cheaply, and is not kept).
+    pub(crate) async fn save(&self, disk: &DiskCache) {
+        let Some((object, _)) = &self.remote else { return };
+        let (Some(e_tag), false) = (&object.e_tag, self.from_disk) else { return };
+        let saved = Saved { e_tag: e_tag.clone(), size: self.size, segments: self.segments.clone() };
+        disk.store(format!("header|{}|{}", object.store, object.path), saved.encode()).await;
     }
 
     pub(crate) fn name(&self) -> &str {
@@ -179,5 +223,59 @@ impl HeaderSource {
         }
         self.last_end = self.last_end.max(end);
         Ok(end)
+    }
+}
+
+/// A header as kept on disk: the version it is of, and the byte segments FAISS read.
+struct Saved {
+    e_tag: String,
+    size: u64,
+    segments: Vec<(u64, Bytes)>,
+}
+
+const SAVED_MAGIC: &[u8; 8] = b"DFFHEAD1";
+
+impl Saved {
+    fn encode(&self) -> Bytes {
+        let mut out = Vec::with_capacity(32 + self.segments.iter().map(|(_, b)| b.len() + 16).sum::<usize>());
+        out.extend_from_slice(SAVED_MAGIC);
+        out.extend_from_slice(&self.size.to_le_bytes());
+        out.extend_from_slice(&(self.e_tag.len() as u64).to_le_bytes());
+        out.extend_from_slice(self.e_tag.as_bytes());
+        for (at, bytes) in &self.segments {
+            out.extend_from_slice(&at.to_le_bytes());
+            out.extend_from_slice(&(bytes.len() as u64).to_le_bytes());
+            out.extend_from_slice(bytes);
+        }
+        out.into()
+    }
+
+    /// `None` for anything but what `encode` wrote.
+    fn decode(bytes: &Bytes) -> Option<Saved> {
+        let mut at = 0usize;
+        let mut take = |n: usize| -> Option<Bytes> {
+            let end = at.checked_add(n).filter(|&e| e <= bytes.len())?;
+            let out = bytes.slice(at..end);
+            at = end;
+            Some(out)
+        };
+        let number = |b: Bytes| u64::from_le_bytes(b[..].try_into().expect("8 bytes"));
+        if take(8)?[..] != SAVED_MAGIC[..] {
+            return None;
+        }
+        let size = number(take(8)?);
+        let tag_len = usize::try_from(number(take(8)?)).ok()?;
+        let e_tag = String::from_utf8(take(tag_len)?.to_vec()).ok()?;
+        let mut segments: Vec<(u64, Bytes)> = vec![];
+        while let Some(start) = take(8) {
+            let start = number(start);
+            let len = usize::try_from(number(take(8)?)).ok()?;
+            let end = start.checked_add(len as u64).filter(|&e| e <= size)?;
+            if segments.last().is_some_and(|(s, b)| s + b.len() as u64 > start) || end < start {
+                return None;
+            }
+            segments.push((start, take(len)?));
+        }
+        Some(Saved { e_tag, size, segments })
     }
 }

@@ -12,7 +12,7 @@ use bytes::Bytes;
 use futures::future::{BoxFuture, Shared};
 use futures::{FutureExt, StreamExt, TryStreamExt};
 
-use super::{ListCache, MappedFile, Object};
+use super::{DiskCache, ListCache, MappedFile, Object};
 use crate::error::{Error, Result};
 
 /// Counts of one fetch, or summed over an index's life.
@@ -26,8 +26,10 @@ pub struct FetchStats {
     pub waves: u64,
     /// Bytes those GETs returned.
     pub bytes: u64,
-    /// Lists served from the cache.
+    /// Lists served from the cache (those of them read from the disk tier first included).
     pub cache_hits: u64,
+    /// Lists read from the disk tier (into the cache) rather than fetched.
+    pub disk_hits: u64,
     /// Lists this search fetched itself.
     pub cache_misses: u64,
     /// Lists another search was already fetching, awaited instead of fetched again.
@@ -77,6 +79,8 @@ struct Remote {
     max_in_flight: usize,
     cache: ListCache,
     cache_id: u64,
+    /// The disk tier, with the key prefix naming this version of the object.
+    disk: Option<(DiskCache, String)>,
     in_flight: Mutex<HashMap<usize, Run>>,
 }
 
@@ -86,6 +90,7 @@ struct Totals {
     waves: AtomicU64,
     bytes: AtomicU64,
     cache_hits: AtomicU64,
+    disk_hits: AtomicU64,
     cache_misses: AtomicU64,
     shared: AtomicU64,
     bytes_from_cache: AtomicU64,
@@ -94,14 +99,26 @@ struct Totals {
 }
 
 impl ListFetcher {
-    pub(crate) fn remote(object: Object, offsets: Vec<u64>, max_in_flight: usize, cache: ListCache) -> Self {
+    pub(crate) fn remote(
+        object: Object,
+        offsets: Vec<u64>,
+        max_in_flight: usize,
+        cache: ListCache,
+        disk: Option<DiskCache>,
+    ) -> Self {
         let layout = Layout(offsets.into());
+        // Only an object with an ETag: a key must name one version.
+        let disk = disk.zip(object.e_tag.as_ref()).map(|(disk, tag)| {
+            let key = format!("list|{}|{}|{}|{tag}", object.store, object.path, object.size);
+            (disk, key)
+        });
         let remote = Remote {
             object,
             layout: layout.clone(),
             max_in_flight: max_in_flight.max(1),
             cache,
             cache_id: ListCache::index_id(),
+            disk,
             in_flight: Mutex::new(HashMap::new()),
         };
         ListFetcher { layout, source: Source::Remote(Arc::new(remote)), totals: Totals::default() }
@@ -157,6 +174,7 @@ impl ListFetcher {
             waves: t.waves.load(Ordering::Relaxed),
             bytes: t.bytes.load(Ordering::Relaxed),
             cache_hits: t.cache_hits.load(Ordering::Relaxed),
+            disk_hits: t.disk_hits.load(Ordering::Relaxed),
             cache_misses: t.cache_misses.load(Ordering::Relaxed),
             shared: t.shared.load(Ordering::Relaxed),
             bytes_from_cache: t.bytes_from_cache.load(Ordering::Relaxed),
@@ -218,6 +236,7 @@ impl ListFetcher {
         t.waves.fetch_add(s.waves, Ordering::Relaxed);
         t.bytes.fetch_add(s.bytes, Ordering::Relaxed);
         t.cache_hits.fetch_add(s.cache_hits, Ordering::Relaxed);
+        t.disk_hits.fetch_add(s.disk_hits, Ordering::Relaxed);
         t.cache_misses.fetch_add(s.cache_misses, Ordering::Relaxed);
         t.shared.fetch_add(s.shared, Ordering::Relaxed);
         t.bytes_from_cache.fetch_add(s.bytes_from_cache, Ordering::Relaxed);
@@ -229,6 +248,7 @@ impl ListFetcher {
 impl Remote {
     async fn fetch(self: &Arc<Self>, lists: &[usize]) -> Result<(Vec<(usize, Bytes)>, FetchStats)> {
         let mut stats = FetchStats::default();
+        stats.disk_hits = self.from_disk(lists).await;
         let mut found: Vec<(usize, Bytes)> = Vec::with_capacity(lists.len());
         // Each awaited run, with the lists this search wants from it.
         let mut waits: Vec<(Run, Vec<usize>)> = Vec::new();
@@ -330,6 +350,45 @@ impl Remote {
         Ok((found.into_iter().map(|b| b.expect("every part fetched")).collect(), stats))
     }
 
+    /// Moves the `lists` the disk tier holds (and the memory cache does not) into the
+    /// memory cache; how many.
+    async fn from_disk(self: &Arc<Self>, lists: &[usize]) -> u64 {
+        let Some((disk, key)) = &self.disk else { return 0 };
+        let absent: Vec<usize> = lists.iter().copied().filter(|&l| self.cache.get(self.cache_id, l).is_none()).collect();
+        if absent.is_empty() {
+            return 0;
+        }
+        let (disk, key, this) = (disk.clone(), key.clone(), self.clone());
+        let found = tokio::task::spawn_blocking(move || {
+            let mut found = 0;
+            for list in absent {
+                let expected = this.layout.range(list);
+                // A list of another length is not this version's: a miss.
+                match disk.get(&format!("{key}|{list}")).filter(|b| b.len() as u64 == expected.end - expected.start) {
+                    Some(bytes) => {
+                        this.cache.insert(this.cache_id, list, bytes);
+                        found += 1;
+                    }
+                    None => continue,
+                }
+            }
+            found
+        });
+        found.await.unwrap_or(0)
+    }
+
+    /// Keeps fetched lists in the disk tier.
+    async fn to_disk(&self, lists: &[(usize, Bytes)]) {
+        let Some((disk, key)) = &self.disk else { return };
+        let (disk, key, lists) = (disk.clone(), key.clone(), lists.to_vec());
+        let _ = tokio::task::spawn_blocking(move || {
+            for (list, bytes) in lists {
+                disk.put(&format!("{key}|{list}"), &bytes);
+            }
+        })
+        .await;
+    }
+
     /// Groups sorted lists into runs whose bytes are adjacent in the file.
     fn runs(&self, lists: &[usize]) -> Vec<Vec<usize>> {
         let mut runs: Vec<Vec<usize>> = Vec::new();
@@ -346,6 +405,9 @@ impl Remote {
 
     async fn fetch_run(self: Arc<Self>, lists: Vec<usize>) -> Result<Arc<[(usize, Bytes)]>> {
         let result = self.get_run(&lists).await;
+        if let Ok(parts) = &result {
+            self.to_disk(parts).await;
+        }
         let mut in_flight = self.in_flight.lock().expect("in-flight map poisoned");
         if let Ok(parts) = &result {
             for (list, bytes) in parts.iter() {

@@ -4,6 +4,7 @@
 //! memory-mapped instead.
 
 mod cache;
+mod disk;
 mod header;
 mod lists;
 mod mapped;
@@ -18,6 +19,7 @@ use object_store::{GetOptions, GetRange, ObjectStore, ObjectStoreExt};
 use crate::error::Error;
 
 pub use cache::ListCache;
+pub use disk::{version_key, DiskCache};
 pub(crate) use header::HeaderSource;
 pub use lists::FetchStats;
 pub(crate) use lists::ListFetcher;

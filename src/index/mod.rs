@@ -12,7 +12,7 @@ use object_store::path::Path;
 use object_store::ObjectStore;
 
 use crate::error::{Error, Result};
-use crate::fetch::{FetchStats, HeaderSource, ListCache, ListFetcher, MappedFile};
+use crate::fetch::{DiskCache, FetchStats, HeaderSource, ListCache, ListFetcher, MappedFile};
 use crate::ffi::bridge;
 
 pub use build::IvfIndexBuilder;
@@ -70,6 +70,8 @@ pub struct OpenOptions {
     /// Cache of list data; `None` makes one of `DEFAULT_CACHE_BYTES` for this index.
     /// Pass the same cache to several indexes to share one budget.
     pub cache: Option<ListCache>,
+    /// The disk tier for the header and the lists, kept across processes.
+    pub disk: Option<DiskCache>,
 }
 
 /// Most result cells (queries × k) one search call returns.
@@ -87,7 +89,7 @@ pub const DEFAULT_CACHE_BYTES: u64 = 256 * 1024 * 1024;
 
 impl Default for OpenOptions {
     fn default() -> Self {
-        OpenOptions { max_in_flight: 64, cache: None }
+        OpenOptions { max_in_flight: 64, cache: None, disk: None }
     }
 }
 
@@ -172,11 +174,15 @@ impl IvfIndex {
     }
 
     pub async fn open_with(store: Arc<dyn ObjectStore>, path: &Path, options: OpenOptions) -> Result<IvfIndex> {
-        let src = HeaderSource::start(store, path.clone()).await?;
+        let src = HeaderSource::start_with(store, path.clone(), options.disk.as_ref()).await?;
         let (parsed, src) = parse_header(src).await?;
+        if let Some(disk) = &options.disk {
+            src.save(disk).await;
+        }
         let object = src.remote().expect("a header fetched from a store has a remote");
         let cache = options.cache.unwrap_or_else(|| ListCache::new(DEFAULT_CACHE_BYTES));
-        Self::assemble(parsed, &src, |offsets| ListFetcher::remote(object, offsets, options.max_in_flight, cache))
+        let disk = options.disk;
+        Self::assemble(parsed, &src, |offsets| ListFetcher::remote(object, offsets, options.max_in_flight, cache, disk))
     }
 
     /// Opens a local index file by memory-mapping it: the header is parsed from the map

@@ -186,6 +186,11 @@ struct ScanMsg {
     vector_left: bool,
     #[prost(bytes = "vec", tag = "16")]
     schema: Vec<u8>,
+    /// The disk tier's folder (empty: none) and budget.
+    #[prost(string, tag = "17")]
+    disk_dir: String,
+    #[prost(uint64, tag = "18")]
+    disk_bytes: u64,
 }
 
 fn decode_err(e: prost::DecodeError) -> DataFusionError {
@@ -266,6 +271,8 @@ fn encode_scan(spec: &TopK, parts: &[Part], logical: &dyn LogicalExtensionCodec)
         refine: spec.refine as u64,
         vectors_from_index: spec.vectors_from_index,
         cache_bytes: spec.cache_bytes,
+        disk_dir: spec.disk.as_ref().map(|d| d.dir().to_string_lossy().into_owned()).unwrap_or_default(),
+        disk_bytes: spec.disk.as_ref().map_or(0, |d| d.budget()),
         parts: parts.collect::<Result<_>>()?,
         knn_query: None,
         vector_left: false,
@@ -294,6 +301,7 @@ fn decode_scan(msg: &ScanMsg, ctx: &TaskContext, logical: &dyn LogicalExtensionC
         refine: msg.refine as usize,
         vectors_from_index: msg.vectors_from_index,
         cache_bytes: msg.cache_bytes,
+        disk: (!msg.disk_dir.is_empty()).then(|| crate::DiskCache::open(&msg.disk_dir, msg.disk_bytes)),
     };
     let parts = msg.parts.iter().map(|p| decode_part(p, table(&p.table)?));
     Ok((spec, parts.collect::<Result<_>>()?))

@@ -76,6 +76,11 @@ settings! {
         pub refine_factor: usize, default = 4
         /// List-cache budget in MiB of each index opened from an object store.
         pub cache_mb: usize, default = 256
+        /// Folder of the disk tier under the memory caches (index headers, lists, Parquet
+        /// footers, key maps), shared by the processes of one machine; empty: none.
+        pub disk_cache_dir: String, default = String::new()
+        /// Budget of the disk tier in GiB.
+        pub disk_cache_gb: usize, default = 10
     }
 }
 
@@ -87,6 +92,12 @@ impl FaissConfig {
     /// The settings in `options`, or the defaults when none were registered.
     pub fn from_options(options: &datafusion::config::ConfigOptions) -> FaissConfig {
         options.extensions.get::<FaissConfig>().cloned().unwrap_or_default()
+    }
+
+    /// The disk tier these settings name, if any.
+    pub fn disk(&self) -> Option<crate::DiskCache> {
+        (!self.disk_cache_dir.is_empty())
+            .then(|| crate::DiskCache::open(&self.disk_cache_dir, (self.disk_cache_gb as u64) << 30))
     }
 }
 

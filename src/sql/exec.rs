@@ -33,7 +33,8 @@ use futures::{StreamExt, TryStreamExt};
 use super::knn::IvfKnnNode;
 use super::node::{IvfTopKNode, TopK};
 use super::registry;
-use super::rows::{keys, passing, vectors, Listed, TableIo};
+use super::rows::footer::footer;
+use super::rows::{keys, passing, vectors, Listed, Located, TableIo};
 use super::parts::{self, Ids, Part};
 use super::table::{index_error, VectorTable};
 use crate::{SearchOptions, SearchStats};
@@ -74,13 +75,13 @@ impl ExtensionPlanner for FaissPlanner {
         if let Some(node) = node.as_any().downcast_ref::<IvfKnnNode>() {
             let [input] = physical_inputs else { return internal_err!("IvfKnn has one input") };
             let query = state.create_physical_expr(node.query.clone(), node.input.schema())?;
-            let parts = parts::parts(&node.spec.table, state, node.spec.cache_bytes).await?;
+            let parts = parts::parts(&node.spec.table, state, node.spec.cache_bytes, node.spec.disk.as_ref()).await?;
             let schema = Arc::new(node.schema.as_arrow().clone());
             let exec = IvfKnnExec::new(node.spec.clone(), parts, input.clone(), query, node.vector_left, schema, state.clone());
             return Ok(Some(Arc::new(exec)));
         }
         let Some(node) = node.as_any().downcast_ref::<IvfTopKNode>() else { return Ok(None) };
-        let parts = parts::parts(&node.spec.table, state, node.spec.cache_bytes).await?;
+        let parts = parts::parts(&node.spec.table, state, node.spec.cache_bytes, node.spec.disk.as_ref()).await?;
         Ok(Some(Arc::new(IvfTopKExec::new(node.spec.clone(), parts, state.clone())?)))
     }
 }
@@ -242,6 +243,7 @@ struct Counts {
     bytes_fetched: Count,
     bytes_mapped: Count,
     cache_hits: Count,
+    disk_hits: Count,
     candidates: Count,
     indexed_rows: Count,
     unindexed_rows: Count,
@@ -251,6 +253,7 @@ struct Counts {
     table_gets: Count,
     table_waves: Count,
     table_bytes: Count,
+    table_disk_hits: Count,
     filter_time: Time,
     search_time: Time,
     lookup_time: Time,
@@ -273,6 +276,7 @@ impl Counts {
             bytes_fetched: c("bytes_fetched"),
             bytes_mapped: c("bytes_mapped"),
             cache_hits: c("cache_hits"),
+            disk_hits: c("disk_hits"),
             candidates: c("candidates"),
             indexed_rows: c("indexed_rows"),
             unindexed_rows: c("unindexed_rows"),
@@ -285,6 +289,7 @@ impl Counts {
             table_gets: c("table_gets"),
             table_waves: c("table_waves"),
             table_bytes: c("table_bytes"),
+            table_disk_hits: c("table_disk_hits"),
         }
     }
 
@@ -294,6 +299,7 @@ impl Counts {
         self.table_gets.add(io.gets.swap(0, Relaxed) as usize);
         self.table_waves.add(io.waves.swap(0, Relaxed) as usize);
         self.table_bytes.add(io.bytes.swap(0, Relaxed) as usize);
+        self.table_disk_hits.add(io.disk_hits.swap(0, Relaxed) as usize);
     }
 
     fn add_search(&self, s: &SearchStats) {
@@ -304,6 +310,7 @@ impl Counts {
         self.bytes_fetched.add(s.fetch.bytes as usize);
         self.bytes_mapped.add(s.fetch.bytes_mapped as usize);
         self.cache_hits.add(s.fetch.cache_hits as usize);
+        self.disk_hits.add(s.fetch.disk_hits as usize);
     }
 }
 
@@ -327,6 +334,12 @@ type Batches = futures::stream::BoxStream<'static, Result<RecordBatch>>;
 
 /// The index's candidates: ids (the part's), and their vectors where the index's copy
 /// serves; `ntotal` of the index searched.
+/// The table side of a row lookup, ready before the candidates are known.
+pub(super) struct Lookup {
+    located: Located,
+    keys: Option<Arc<keys::KeyMap>>,
+}
+
 struct Candidates {
     ids: Vec<i64>,
     vectors: Option<Vec<f32>>,
@@ -346,7 +359,7 @@ impl Run {
             state: state.clone(),
             context,
             counts: Counts::new(metrics),
-            io: Arc::new(TableIo::default()),
+            io: Arc::new(TableIo::new(state.runtime_env().cache_manager.get_file_metadata_cache(), spec.disk.clone())),
         }
     }
 
@@ -386,7 +399,7 @@ impl Run {
             found
         };
         let columns = self.read_columns(spec.vectors_from_index);
-        let (found, listed) = futures::join!(search, Listed::list(spec.table.base(), &self.state, &columns));
+        let (found, lookup) = futures::join!(search, self.prepare(&columns));
         let Some(found) = found? else {
             // Fewer than k indexed rows pass, or the index was replaced since planning: the
             // index cannot answer this query.
@@ -394,13 +407,42 @@ impl Run {
         };
         self.counts.candidates.add(found.ids.len());
         let start = std::time::Instant::now();
-        let rows = match listed? {
-            Some(listed) => self.rows_at(found, listed).await,
+        let rows = match lookup? {
+            Some(lookup) => self.rows_at(found, lookup).await,
             None => self.rows_with_keys(found.ids).await,
         };
         self.counts.lookup_time.add_elapsed(start);
         self.counts.add_table(&self.io);
         rows
+    }
+
+    /// The table side of the row lookup, made while the index is searched: listed with
+    /// `columns`, every footer, and the key map of a keyed table. The files as planned
+    /// are read meanwhile (footers, page locations, key column), so that a listing that
+    /// finds them unchanged costs no further request.
+    pub(super) async fn prepare(&self, columns: &[usize]) -> Result<Option<Lookup>> {
+        let table = &self.spec.table;
+        let key = table.key_index().map(|k| table.schema().field(k).name().clone());
+        let (listed, ()) = futures::join!(Listed::list(table.base(), &self.state, columns), self.read_planned(key.as_deref()));
+        let Some(listed) = listed? else { return Ok(None) };
+        let located = listed.locate(&self.io).await?;
+        let keys = match &key {
+            Some(name) => Some(keys::key_map(located.store(), &located.files(), name, &self.io).await?),
+            None => None,
+        };
+        Ok(Some(Lookup { located, keys }))
+    }
+
+    /// Footers (and the key map) of the part's files as listed at planning, ahead of
+    /// the listing. Failures show again where they matter, in the lookup itself.
+    async fn read_planned(&self, key: Option<&str>) {
+        let Some(versions) = &self.versions else { return };
+        let Some(store) = super::parts::store_of(self.spec.table.base(), &self.state) else { return };
+        let files: Vec<_> = versions.iter().map(|v| v.meta().clone()).collect();
+        let _ = match key {
+            Some(name) => keys::key_map(&store, &files, name, &self.io).await.map(drop),
+            None => futures::future::try_join_all(files.iter().map(|f| footer(&store, f, &self.io))).await.map(drop),
+        };
     }
 
     /// Base-table columns the row lookup reads: the scan's, but the key (a row's key is
@@ -422,7 +464,7 @@ impl Run {
     async fn search(&self, query: &[f32], allowed: Option<&[i64]>) -> Result<Option<Candidates>> {
         let spec = &self.spec;
         let keys = self.key_gate().await?;
-        let mut index = spec.table.index(spec.cache_bytes).await?;
+        let mut index = spec.table.index(spec.cache_bytes, spec.disk.as_ref()).await?;
         let mut nprobe = spec.nprobe_for(index.info(), allowed.map(<[i64]>::len));
         // Checked once per query: with the first search, and by the reopen after a change.
         let (mut reopened, mut checked) = (false, false);
@@ -446,7 +488,7 @@ impl Run {
             let result = match result {
                 Err(e) if registry::is_changed(&e) && !reopened => {
                     registry::forget(spec.table.location(), &index);
-                    index = spec.table.index(spec.cache_bytes).await?;
+                    index = spec.table.index(spec.cache_bytes, spec.disk.as_ref()).await?;
                     (reopened, checked) = (true, false);
                     continue;
                 }
@@ -535,11 +577,7 @@ impl Run {
                     return internal_err!("a table of keys some of which may be gone is read from Parquet files");
                 };
                 let located = listed.locate(&self.io).await?;
-                let key_only = async {
-                    let listed = Listed::list(table.base(), &self.state, &[key]).await?;
-                    listed.ok_or_else(|| DataFusionError::Internal("listed before".into()))
-                };
-                keys::key_map(&located, key_only, &name, &self.context, &self.io).await
+                keys::key_map(located.store(), &located.files(), &name, &self.io).await
             })
             .await?;
         Ok(Some(map.clone()))
@@ -745,28 +783,23 @@ impl Run {
 
     /// The rows of the candidates, looked up by position: the ids are positions, or keys
     /// mapped to positions.
-    async fn rows_at(&self, found: Candidates, listed: Listed) -> Result<Batches> {
-        let (rows, _) = self.rows_of(found, listed).await?;
+    async fn rows_at(&self, found: Candidates, lookup: Lookup) -> Result<Batches> {
+        let (rows, _) = self.rows_of(found, lookup).await?;
         Ok(futures::stream::iter(rows.into_iter().map(Ok)).boxed())
     }
 
     /// The rows of the candidates in table order, and for each row the candidate (its
     /// place in `found.ids`) it belongs to.
-    pub(super) async fn rows_of(&self, found: Candidates, listed: Listed) -> Result<(Vec<RecordBatch>, Vec<usize>)> {
+    pub(super) async fn rows_of(&self, found: Candidates, lookup: Lookup) -> Result<(Vec<RecordBatch>, Vec<usize>)> {
         let spec = &self.spec;
         let table = &spec.table;
-        let located = listed.locate(&self.io).await?;
+        let Lookup { located, keys } = lookup;
         // (position, candidate) for every row of a candidate.
         let mut at: Vec<(u64, usize)> = vec![];
         let mut missing = vec![];
         match table.key_index() {
-            Some(key) => {
-                let name = table.schema().field(key).name().clone();
-                let key_only = async {
-                    let listed = Listed::list(table.base(), &self.state, &[key]).await?;
-                    listed.ok_or_else(|| DataFusionError::Internal("listed before".into()))
-                };
-                let map = keys::key_map(&located, key_only, &name, &self.context, &self.io).await?;
+            Some(_) => {
+                let map = keys.expect("keyed tables are prepared with their key map");
                 for (c, &id) in found.ids.iter().enumerate() {
                     let positions = map.positions(id);
                     if positions.is_empty() {

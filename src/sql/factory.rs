@@ -11,6 +11,8 @@ use datafusion::datasource::listing_table_factory::ListingTableFactory;
 use datafusion::execution::context::SessionState;
 use datafusion::logical_expr::CreateExternalTable;
 
+use super::config::FaissConfig;
+use super::rows::{footer, TableIo};
 use super::table::{VectorTable, VectorTableOptions};
 
 /// Our options; DataFusion files un-namespaced options under `format.`. Every other
@@ -50,18 +52,38 @@ impl TableProviderFactory for FaissTableFactory {
             normalized,
         };
         let folder = base_cmd.locations.len() == 1 && base_cmd.locations[0].ends_with('/');
-        let base = match folder && cmd.table_partition_cols.is_empty() && cmd.schema.fields().is_empty() {
-            true => parquet_folder(state, &base_cmd).await,
-            false => ListingTableFactory::new().create(state, &base_cmd).await,
+        let base = async {
+            if let Some(disk) = FaissConfig::from_options(state.config_options()).disk() {
+                seed_footers(state, &base_cmd, disk).await;
+            }
+            let base = match folder && cmd.table_partition_cols.is_empty() && cmd.schema.fields().is_empty() {
+                true => parquet_folder(state, &base_cmd).await,
+                false => ListingTableFactory::new().create(state, &base_cmd).await,
+            };
+            base.map_err(|e| {
+                e.context(format!(
+                    "STORED AS FAISS table '{}': base Parquet table (known options: {}, and Parquet format.* options)",
+                    cmd.name,
+                    OPTIONS.join(", ")
+                ))
+            })
         };
-        let base = base.map_err(|e| {
-            e.context(format!(
-                "STORED AS FAISS table '{}': base Parquet table (known options: {}, and Parquet format.* options)",
-                cmd.name,
-                OPTIONS.join(", ")
-            ))
-        })?;
-        Ok(Arc::new(VectorTable::try_new(state, base, options).await?))
+        Ok(Arc::new(VectorTable::create(state, base, options).await?))
+    }
+}
+
+/// The footers the disk tier keeps of the files `cmd` names, put where DataFusion's
+/// schema inference finds them. Costs the listing (a HEAD or LIST) it makes anyway.
+async fn seed_footers(state: &dyn Session, cmd: &CreateExternalTable, disk: crate::DiskCache) {
+    let runtime = state.runtime_env();
+    let io = Arc::new(TableIo::new(runtime.cache_manager.get_file_metadata_cache(), Some(disk)));
+    for location in &cmd.locations {
+        let Ok(url) = ListingTableUrl::parse(location) else { continue };
+        let Ok(store) = runtime.object_store(url.object_store()) else { continue };
+        if let Ok(files) = super::manifest::parquet_files(&store, &url, ".parquet").await {
+            let files: Vec<_> = files.into_iter().map(|(_, meta)| meta).collect();
+            footer::seed(&store, &files, &io).await;
+        }
     }
 }
 

@@ -184,6 +184,7 @@ fn match_knn(predicate: &Expr, window: &Window, settings: &FaissConfig) -> Resul
         // The index's copy is the table's vector (IVF-Flat), as for the single search.
         vectors_from_index: exact_codes(table.index_info()) && !table.options().normalized,
         cache_bytes: settings.cache_mb as u64 * 1024 * 1024,
+        disk: settings.disk(),
         table,
     };
     let input = queries.as_ref().clone();

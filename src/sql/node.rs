@@ -31,6 +31,8 @@ pub struct TopK {
     /// the vector), not read from the table: nothing above uses it but the distance.
     pub vectors_from_index: bool,
     pub cache_bytes: u64,
+    /// The disk tier under the memory caches, if the settings name one.
+    pub disk: Option<crate::DiskCache>,
 }
 
 impl TopK {

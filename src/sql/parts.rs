@@ -105,7 +105,12 @@ struct Planned {
 }
 
 /// The parts `table` is searched as now.
-pub(crate) async fn parts(table: &Arc<VectorTable>, state: &SessionState, cache_bytes: u64) -> Result<Vec<Part>> {
+pub(crate) async fn parts(
+    table: &Arc<VectorTable>,
+    state: &SessionState,
+    cache_bytes: u64,
+    disk: Option<&crate::DiskCache>,
+) -> Result<Vec<Part>> {
     let whole = |exact: bool| Part {
         table: table.clone(),
         exact,
@@ -223,7 +228,7 @@ pub(crate) async fn parts(table: &Arc<VectorTable>, state: &SessionState, cache_
     let mut parts = vec![];
     for plan in planned {
         let location = plan.index.location;
-        let opened = registry::open(&location, cache_bytes).await.map_err(|e| index_error(&location, e))?;
+        let opened = registry::open(&location, cache_bytes, disk).await.map_err(|e| index_error(&location, e))?;
         let part = table.part(config(&plan.files)?, location, opened.info().clone())?;
         let rows = if plan.rows > 0 { plan.rows } else { opened.info().ntotal };
         parts.push(Part {
@@ -251,6 +256,12 @@ pub(crate) async fn parts(table: &Arc<VectorTable>, state: &SessionState, cache_
         });
     }
     Ok(parts)
+}
+
+/// The store of a table of files.
+pub(crate) fn store_of(base: &Arc<dyn TableProvider>, state: &SessionState) -> Option<Arc<dyn object_store::ObjectStore>> {
+    let listing = (base.as_ref() as &dyn std::any::Any).downcast_ref::<ListingTable>()?;
+    state.runtime_env().object_store(listing.table_paths().first()?.object_store()).ok()
 }
 
 /// `meta`'s path relative to the table's folder.

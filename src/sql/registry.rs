@@ -8,7 +8,7 @@ use datafusion::datasource::listing::ListingTableUrl;
 use datafusion::execution::runtime_env::RuntimeEnv;
 use object_store::ObjectStore;
 
-use crate::{Error, IvfIndex, ListCache, OpenOptions};
+use crate::{DiskCache, Error, IvfIndex, ListCache, OpenOptions};
 
 /// Where an index lives: its URL and the store DataFusion has registered for it.
 #[derive(Clone)]
@@ -69,30 +69,39 @@ fn entries() -> &'static Mutex<Entries> {
 }
 
 /// The open index at `at`, opening it (header only) if no query has yet.
-pub async fn open(at: &IndexLocation, cache_bytes: u64) -> crate::Result<Arc<IvfIndex>> {
+pub async fn open(at: &IndexLocation, cache_bytes: u64, disk: Option<&DiskCache>) -> crate::Result<Arc<IvfIndex>> {
+    Ok(opened(at, cache_bytes, disk).await?.0)
+}
+
+/// The open index, and whether it was opened just now (its header read this moment).
+async fn opened(at: &IndexLocation, cache_bytes: u64, disk: Option<&DiskCache>) -> crate::Result<(Arc<IvfIndex>, bool)> {
     if let Some((_, index)) = entries().lock().expect("index registry poisoned").get(&at.key()) {
-        return Ok(index.clone());
+        return Ok((index.clone(), false));
     }
     // Two first queries may both open; the first to finish is kept.
     let opened = Arc::new(match at.local_file() {
         Some(file) => IvfIndex::open_file(file).await?,
         None => {
-            let options = OpenOptions { cache: Some(ListCache::new(cache_bytes)), ..Default::default() };
+            let options =
+                OpenOptions { cache: Some(ListCache::new(cache_bytes)), disk: disk.cloned(), ..Default::default() };
             IvfIndex::open_with(at.store.clone(), &at.url.prefix().clone(), options).await?
         }
     });
     let mut entries = entries().lock().expect("index registry poisoned");
-    Ok(entries.entry(at.key()).or_insert((at.store.clone(), opened)).1.clone())
+    Ok((entries.entry(at.key()).or_insert((at.store.clone(), opened)).1.clone(), true))
 }
 
 /// Like [`open`], but an index whose object was replaced since it was opened (or that
 /// is gone) is dropped and opened again, so the caller gets what the path holds now.
-pub async fn open_current(at: &IndexLocation, cache_bytes: u64) -> crate::Result<Arc<IvfIndex>> {
-    let index = open(at, cache_bytes).await?;
+pub async fn open_current(at: &IndexLocation, cache_bytes: u64, disk: Option<&DiskCache>) -> crate::Result<Arc<IvfIndex>> {
+    let (index, fresh) = opened(at, cache_bytes, disk).await?;
+    if fresh {
+        return Ok(index);
+    }
     match index.check().await {
         Err(e) if is_changed(&e) => {
             forget(at, &index);
-            open(at, cache_bytes).await
+            open(at, cache_bytes, disk).await
         }
         r => r.map(|()| index),
     }

@@ -118,6 +118,7 @@ fn match_top_k(order: &SortExpr, input: &LogicalPlan, k: usize, settings: &Faiss
         // index's copy serves, and the table's vector column is not read.
         vectors_from_index: exact_codes(table.index_info()) && !table.options().normalized && !vector_seen,
         cache_bytes: settings.cache_mb as u64 * 1024 * 1024,
+        disk: settings.disk(),
         table,
     };
     Ok(Some(IvfTopKNode { spec, schema: scan.projected_schema.clone() }))

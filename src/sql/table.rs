@@ -55,6 +55,33 @@ impl VectorTable {
         base: Arc<dyn TableProvider>,
         options: VectorTableOptions,
     ) -> Result<VectorTable> {
+        Self::create(session, async { Ok(base) }, options).await
+    }
+
+    /// [`try_new`](Self::try_new) with the index opened while `base` is made (its
+    /// listing and footers): `CREATE EXTERNAL TABLE` costs the round trips of the
+    /// slower of the two.
+    pub(crate) async fn create(
+        session: &dyn Session,
+        base: impl std::future::Future<Output = Result<Arc<dyn TableProvider>>>,
+        options: VectorTableOptions,
+    ) -> Result<VectorTable> {
+        let opening = async {
+            let set = IndexSet::new(&options.index, session.runtime_env())?;
+            let location = match set.is_folder() {
+                true => match set.list(session.runtime_env()).await?.into_iter().next() {
+                    Some(first) => first.location,
+                    None => return plan_err!("no FAISS index (*.faiss) under {}: build them with `datafusion-faiss build --per-file`", options.index),
+                },
+                false => IndexLocation::resolve(&options.index, session.runtime_env())?,
+            };
+            let settings = FaissConfig::from_options(session.config_options());
+            let (cache, disk) = (settings.cache_mb as u64 * 1024 * 1024, settings.disk());
+            let index = registry::open_current(&location, cache, disk.as_ref()).await;
+            Ok((index.map_err(|e| index_error(&location, e)), location))
+        };
+        let (base, opened) = futures::join!(base, opening);
+        let base = base?;
         let schema = base.schema();
         let column = |name: &str, role: &str| {
             schema.index_of(name).map_err(|_| {
@@ -82,16 +109,8 @@ impl VectorTable {
                 base.table_type()
             );
         }
-        let set = IndexSet::new(&options.index, session.runtime_env())?;
-        let location = match set.is_folder() {
-            true => match set.list(session.runtime_env()).await?.into_iter().next() {
-                Some(first) => first.location,
-                None => return plan_err!("no FAISS index (*.faiss) under {}: build them with `datafusion-faiss build --per-file`", options.index),
-            },
-            false => IndexLocation::resolve(&options.index, session.runtime_env())?,
-        };
-        let cache = FaissConfig::from_options(session.config_options()).cache_mb as u64 * 1024 * 1024;
-        let index = registry::open_current(&location, cache).await.map_err(|e| index_error(&location, e))?;
+        let (index, location) = opened?;
+        let index = index?;
         let info = index.info().clone();
         match schema.field(vector).data_type() {
             DataType::FixedSizeList(item, d) if item.data_type() == &DataType::Float32 => {
@@ -175,8 +194,9 @@ impl VectorTable {
 
     /// The shared open index, reopened when the object was replaced since (then checked
     /// again against the table).
-    pub(crate) async fn index(&self, cache_bytes: u64) -> Result<Arc<IvfIndex>> {
-        let index = registry::open(&self.location, cache_bytes).await.map_err(|e| index_error(&self.location, e))?;
+    pub(crate) async fn index(&self, cache_bytes: u64, disk: Option<&crate::DiskCache>) -> Result<Arc<IvfIndex>> {
+        let index =
+            registry::open(&self.location, cache_bytes, disk).await.map_err(|e| index_error(&self.location, e))?;
         let now = index.info();
         if now.dimension != self.info.dimension || now.metric != self.info.metric {
             return plan_err!(

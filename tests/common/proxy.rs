@@ -45,6 +45,24 @@ struct State {
     rng: Mutex<Rng>,
     requests: AtomicUsize,
     injected: AtomicUsize,
+    log: Mutex<Vec<Logged>>,
+    in_flight: AtomicUsize,
+    waves: AtomicUsize,
+}
+
+/// One request as the proxy saw it.
+#[derive(Debug, Clone)]
+pub struct Logged {
+    pub method: String,
+    /// The object key (path without the bucket).
+    pub key: String,
+    /// `bytes=a-b`, if ranged.
+    pub range: Option<String>,
+    /// The request was conditional on the object being another version.
+    pub if_none_match: bool,
+    pub status: u16,
+    /// Round trip it belongs to: one starts when a request arrives while none is open.
+    pub wave: usize,
 }
 
 enum Action {
@@ -63,6 +81,9 @@ impl FaultProxy {
             rng: Mutex::new(Rng(0x5EED)),
             requests: AtomicUsize::new(0),
             injected: AtomicUsize::new(0),
+            log: Mutex::new(vec![]),
+            in_flight: AtomicUsize::new(0),
+            waves: AtomicUsize::new(0),
         });
         let s = state.clone();
         let task = tokio::spawn(async move {
@@ -92,6 +113,11 @@ impl FaultProxy {
 
     pub fn requests(&self) -> usize {
         self.state.requests.load(Ordering::SeqCst)
+    }
+
+    /// Every request answered so far, and forgets them.
+    pub fn take_log(&self) -> Vec<Logged> {
+        std::mem::take(&mut *self.state.log.lock().unwrap())
     }
 }
 
@@ -131,6 +157,50 @@ impl State {
 async fn serve(mut client: TcpStream, state: &State) -> std::io::Result<()> {
     client.set_nodelay(true)?;
     let Some(request) = read_request(&mut client).await? else { return Ok(()) };
+    let wave = match state.in_flight.fetch_add(1, Ordering::SeqCst) {
+        0 => state.waves.fetch_add(1, Ordering::SeqCst) + 1,
+        _ => state.waves.load(Ordering::SeqCst),
+    };
+    let open = Open(state);
+    let result = forward(&mut client, request, state).await;
+    drop(open);
+    if let Ok((mut logged, status)) = result {
+        logged.status = status;
+        logged.wave = wave;
+        state.log.lock().unwrap().push(logged);
+    }
+    Ok(())
+}
+
+/// A request the proxy has not answered yet.
+struct Open<'a>(&'a State);
+
+impl Drop for Open<'_> {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+fn logged(request: &[u8]) -> Logged {
+    let head_end = find(request, b"\r\n\r\n").unwrap_or(request.len());
+    let head = String::from_utf8_lossy(&request[..head_end]).to_string();
+    let mut first = head.lines().next().unwrap_or("").split(' ');
+    let method = first.next().unwrap_or("").to_string();
+    let target = first.next().unwrap_or("").split('?').next().unwrap_or("").to_string();
+    // Path-style: /bucket/key.
+    let key = target.trim_start_matches('/').split_once('/').map(|(_, k)| k.to_string()).unwrap_or_default();
+    let header = |name: &str| {
+        head.lines().find_map(|l| {
+            let (n, v) = l.split_once(':')?;
+            n.trim().eq_ignore_ascii_case(name).then(|| v.trim().to_string())
+        })
+    };
+    Logged { method, key, range: header("range"), if_none_match: header("if-none-match").is_some(), status: 0, wave: 0 }
+}
+
+/// Answers one request; what it was, and the status sent.
+async fn forward(client: &mut TcpStream, request: Vec<u8>, state: &State) -> std::io::Result<(Logged, u16)> {
+    let logged = logged(&request);
     let is_get = request.starts_with(b"GET ");
     let (action, delay) = state.decide(is_get);
     if !delay.is_zero() {
@@ -141,7 +211,8 @@ async fn serve(mut client: TcpStream, state: &State) -> std::io::Result<()> {
         let head = format!("HTTP/1.1 {code} Injected\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len());
         client.write_all(head.as_bytes()).await?;
         client.write_all(body.as_bytes()).await?;
-        return client.shutdown().await;
+        client.shutdown().await?;
+        return Ok((logged, code));
     }
     let mut upstream = TcpStream::connect(state.upstream).await?;
     upstream.set_nodelay(true)?;
@@ -156,7 +227,9 @@ async fn serve(mut client: TcpStream, state: &State) -> std::io::Result<()> {
         }
     }
     client.write_all(&response).await?;
-    client.shutdown().await
+    client.shutdown().await?;
+    let status = String::from_utf8_lossy(&response[..response.len().min(12)]).split(' ').nth(1).and_then(|s| s.parse().ok());
+    Ok((logged, status.unwrap_or(0)))
 }
 
 /// One HTTP/1.1 request (head and Content-Length body); `None` at a clean EOF.

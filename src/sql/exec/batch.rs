@@ -347,11 +347,11 @@ impl Batches {
         });
         run.counts.candidates.add(ids.len());
         let columns = run.read_columns(spec.vectors_from_index);
-        let Some(listed) = Listed::list(spec.table.base(), &run.state, &columns).await? else {
+        let Some(lookup) = run.prepare(&columns).await? else {
             return internal_err!("the batch search needs a table of Parquet files");
         };
         let ntotal = found.first().map_or(0, |f| f.ntotal);
-        let (batches, candidate_of) = run.rows_of(Candidates { ids: ids.clone(), vectors, ntotal }, listed).await?;
+        let (batches, candidate_of) = run.rows_of(Candidates { ids: ids.clone(), vectors, ntotal }, lookup).await?;
         run.counts.add_table(&run.io);
         let schema = Arc::new(spec.table.schema().project(&spec.projection)?);
         let rows = concat_batches(&schema, &batches)?;
@@ -395,7 +395,7 @@ impl Run {
     async fn search_batch(&self, queries: &[f32], allowed: Option<&[i64]>) -> Result<(Vec<Option<Candidates>>, usize)> {
         let spec = &self.spec;
         let keys = self.key_gate().await?;
-        let mut index = spec.table.index(spec.cache_bytes).await?;
+        let mut index = spec.table.index(spec.cache_bytes, spec.disk.as_ref()).await?;
         let d = index.info().dimension;
         let nprobe = spec.nprobe_for(index.info(), allowed.map(<[i64]>::len));
         let want = spec.candidates() + 1;
@@ -409,7 +409,7 @@ impl Run {
         let result = match current.and(result) {
             Err(e) if registry::is_changed(&e) => {
                 registry::forget(spec.table.location(), &index);
-                index = spec.table.index(spec.cache_bytes).await?;
+                index = spec.table.index(spec.cache_bytes, spec.disk.as_ref()).await?;
                 let result;
                 (result, entries) = self.search_once(&index, queries, want, nprobe, allowed, threads).await;
                 result

@@ -8,7 +8,7 @@ use bytes::Bytes;
 use datafusion::common::{DataFusionError, Result};
 use datafusion::parquet::column::page::PageReader;
 use datafusion::parquet::file::metadata::{
-    PageIndexPolicy, ParquetMetaData, ParquetMetaDataBuilder, ParquetMetaDataReader,
+    PageIndexPolicy, ParquetMetaData, ParquetMetaDataBuilder, ParquetMetaDataReader, ParquetMetaDataWriter,
 };
 use datafusion::parquet::file::page_index::offset_index::{OffsetIndexMetaData, PageLocation};
 use datafusion::parquet::file::reader::{ChunkReader, Length};
@@ -18,7 +18,7 @@ use object_store::ObjectMeta;
 
 use super::reader::{FileReader, TableIo};
 
-/// Column chunks walked at once when looking for page boundaries.
+/// Column chunks whose page headers are walked at once.
 const WALKS_IN_FLIGHT: usize = 8;
 
 /// What a file version's footer says, in the two forms the row reads use.
@@ -53,24 +53,39 @@ impl Footer {
 }
 
 /// One file version: a rewritten file (another size, mtime or ETag) is another key.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone)]
 pub(crate) struct FileVersion {
     store: usize,
-    location: String,
-    size: u64,
-    modified: i64,
-    e_tag: Option<String>,
+    meta: ObjectMeta,
 }
 
 impl FileVersion {
     pub fn of(store: &Arc<dyn object_store::ObjectStore>, meta: &ObjectMeta) -> FileVersion {
-        FileVersion {
-            store: Arc::as_ptr(store) as *const () as usize,
-            location: meta.location.to_string(),
-            size: meta.size,
-            modified: meta.last_modified.timestamp_nanos_opt().unwrap_or(i64::MIN),
-            e_tag: meta.e_tag.clone(),
-        }
+        FileVersion { store: Arc::as_ptr(store) as *const () as usize, meta: meta.clone() }
+    }
+
+    /// The file as listed.
+    pub fn meta(&self) -> &ObjectMeta {
+        &self.meta
+    }
+
+    fn key(&self) -> (usize, &str, u64, Option<i64>, Option<&str>) {
+        let m = &self.meta;
+        (self.store, m.location.as_ref(), m.size, m.last_modified.timestamp_nanos_opt(), m.e_tag.as_deref())
+    }
+}
+
+impl PartialEq for FileVersion {
+    fn eq(&self, other: &Self) -> bool {
+        self.key() == other.key()
+    }
+}
+
+impl Eq for FileVersion {}
+
+impl std::hash::Hash for FileVersion {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.key().hash(state)
     }
 }
 
@@ -99,18 +114,52 @@ pub(crate) async fn footer(
         .map_err(DataFusionError::Shared)
 }
 
+/// Puts the footers the disk tier keeps of `files` into DataFusion's cache (and ours),
+/// so that its schema inference and scans read none of them from the store.
+pub(crate) async fn seed(store: &Arc<dyn object_store::ObjectStore>, files: &[ObjectMeta], io: &Arc<TableIo>) {
+    for file in files {
+        let version = FileVersion::of(store, file);
+        if footers().get(&version).await.is_some() {
+            continue;
+        }
+        if let Some(footer) = io.from_disk(&disk_key(store, file)).await.and_then(|b| decode(&b)) {
+            io.keep_footer(file, footer.plain.clone());
+            footers().insert(version, Arc::new(footer)).await;
+        }
+    }
+}
+
+fn disk_key(store: &Arc<dyn object_store::ObjectStore>, file: &ObjectMeta) -> String {
+    format!("footer|{store}|{}", crate::fetch::version_key(file.location.as_ref(), file))
+}
+
 async fn read_footer(
     store: Arc<dyn object_store::ObjectStore>,
     file: ObjectMeta,
     io: Arc<TableIo>,
 ) -> Result<Arc<Footer>> {
     let name = file.location.to_string();
-    let mut reader = FileReader::new(store, file.clone(), io);
-    let metadata = ParquetMetaDataReader::new()
-        .with_page_index_policy(PageIndexPolicy::Optional)
-        .load_and_finish(&mut reader, file.size)
-        .await
-        .map_err(|e| DataFusionError::External(format!("Parquet footer of {name}: {e}").into()))?;
+    let disk_key = disk_key(&store, &file);
+    if let Some(footer) = io.from_disk(&disk_key).await.and_then(|b| decode(&b)) {
+        io.keep_footer(&file, footer.plain.clone());
+        return Ok(Arc::new(footer));
+    }
+    let mut reader = FileReader::new(store, file.clone(), io.clone());
+    // DataFusion keeps the footers it read (the schema inference of CREATE among them).
+    let metadata = match io.known_footer(&file) {
+        Some(metadata) => metadata,
+        None => {
+            let metadata = ParquetMetaDataReader::new()
+                .with_page_index_policy(PageIndexPolicy::Optional)
+                .load_and_finish(&mut reader, file.size)
+                .await
+                .map_err(|e| DataFusionError::External(format!("Parquet footer of {name}: {e}").into()))?;
+            let metadata = Arc::new(metadata);
+            io.keep_footer(&file, metadata.clone());
+            metadata
+        }
+    };
+    let metadata = Arc::unwrap_or_clone(metadata);
     let plain = ParquetMetaDataBuilder::new_from_metadata(metadata.clone())
         .set_offset_index(None)
         .set_column_index(None)
@@ -136,16 +185,23 @@ async fn read_footer(
                 && descr.column(c).max_rep_level() == 0
         })
         .collect();
-    let walked: Vec<(usize, usize, Option<Vec<PageLocation>>)> = futures::stream::iter(missing)
-        .map(|(g, c)| {
+    // Every chunk in one wave, kept for this query (the key map reads the same ones).
+    let ranges: Vec<_> = missing
+        .iter()
+        .map(|&(g, c)| {
+            let (start, len) = metadata.row_group(g).column(c).byte_range();
+            start..start + len
+        })
+        .collect();
+    let chunks = reader.fetch_ranges(ranges.clone()).await?;
+    let walked: Vec<(usize, usize, Option<Vec<PageLocation>>)> = futures::stream::iter(missing.into_iter().zip(ranges).zip(chunks))
+        .map(|(((g, c), range), bytes)| {
             let chunk = metadata.row_group(g).column(c).clone();
             let rows = metadata.row_group(g).num_rows() as usize;
-            let mut reader = reader.clone();
+            io.keep_chunk(&name, range.start, bytes.clone());
             let name = name.clone();
             async move {
-                let (start, len) = chunk.byte_range();
-                let bytes = reader.fetch(start..start + len).await?;
-                let pages = tokio::task::spawn_blocking(move || page_locations(&chunk, start, bytes, rows))
+                let pages = tokio::task::spawn_blocking(move || page_locations(&chunk, range.start, bytes, rows))
                     .await
                     .map_err(|e| DataFusionError::External(e.into()))?
                     .map_err(|e| {
@@ -168,7 +224,74 @@ async fn read_footer(
         .map(|c| (0..groups).all(|g| !offsets[g][c].page_locations.is_empty() || metadata.row_group(g).num_rows() == 0))
         .collect();
     let paged = ParquetMetaDataBuilder::new_from_metadata(metadata).set_offset_index(Some(offsets)).build();
-    Ok(Arc::new(Footer { paged: Arc::new(paged), plain: Arc::new(plain), leaf_paged }))
+    let footer = Footer { paged: Arc::new(paged), plain: Arc::new(plain), leaf_paged };
+    if let Some(bytes) = encode(&footer) {
+        io.to_disk(disk_key, bytes).await;
+    }
+    Ok(Arc::new(footer))
+}
+
+const SAVED_MAGIC: &[u8; 8] = b"DFFFOOT1";
+
+/// A footer as the disk tier keeps it: the Parquet footer (without page index, as the
+/// file has it) and the page locations known for each column chunk.
+fn encode(footer: &Footer) -> Option<Bytes> {
+    let mut thrift = vec![];
+    ParquetMetaDataWriter::new(&mut thrift, &footer.plain).finish().ok()?;
+    let mut out = SAVED_MAGIC.to_vec();
+    out.extend_from_slice(&(thrift.len() as u64).to_le_bytes());
+    out.extend_from_slice(&thrift);
+    for group in footer.paged.offset_index()? {
+        for chunk in group {
+            out.extend_from_slice(&(chunk.page_locations.len() as u64).to_le_bytes());
+            for page in &chunk.page_locations {
+                out.extend_from_slice(&page.offset.to_le_bytes());
+                out.extend_from_slice(&(page.compressed_page_size as i64).to_le_bytes());
+                out.extend_from_slice(&page.first_row_index.to_le_bytes());
+            }
+        }
+    }
+    Some(out.into())
+}
+
+/// `None` for anything but what `encode` wrote.
+fn decode(bytes: &Bytes) -> Option<Footer> {
+    if bytes.get(..8)? != SAVED_MAGIC {
+        return None;
+    }
+    let len = usize::try_from(u64::from_le_bytes(bytes.get(8..16)?.try_into().expect("8 bytes"))).ok()?;
+    let thrift = bytes.slice(16..16usize.checked_add(len).filter(|&e| e <= bytes.len())?);
+    let plain = ParquetMetaDataReader::new().with_page_index_policy(PageIndexPolicy::Skip).parse_and_finish(&thrift).ok()?;
+    let mut at = 16 + len;
+    let mut read = || -> Option<i64> {
+        let b = bytes.get(at..at + 8)?;
+        at += 8;
+        Some(i64::from_le_bytes(b.try_into().expect("8 bytes")))
+    };
+    let leaves = plain.file_metadata().schema_descr().num_columns();
+    let mut offsets = vec![];
+    for g in 0..plain.num_row_groups() {
+        let mut group = vec![];
+        for _ in 0..leaves {
+            let n = usize::try_from(read()?).ok().filter(|&n| n <= plain.row_group(g).num_rows().max(0) as usize)?;
+            let mut pages = Vec::with_capacity(n);
+            for _ in 0..n {
+                let (offset, size, first_row_index) = (read()?, read()?, read()?);
+                pages.push(PageLocation { offset, compressed_page_size: i32::try_from(size).ok()?, first_row_index });
+            }
+            group.push(OffsetIndexMetaData { page_locations: pages, unencoded_byte_array_data_bytes: None });
+        }
+        offsets.push(group);
+    }
+    if read().is_some() {
+        return None;
+    }
+    let groups = plain.num_row_groups();
+    let leaf_paged: Vec<bool> = (0..leaves)
+        .map(|c| (0..groups).all(|g| !offsets[g][c].page_locations.is_empty() || plain.row_group(g).num_rows() == 0))
+        .collect();
+    let paged = ParquetMetaDataBuilder::new_from_metadata(plain.clone()).set_offset_index(Some(offsets)).build();
+    Some(Footer { paged: Arc::new(paged), plain: Arc::new(plain), leaf_paged })
 }
 
 /// The data pages of one flat column chunk (`bytes`, starting at file offset `start`)

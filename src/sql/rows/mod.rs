@@ -157,6 +157,15 @@ impl Located {
         self.listed.version()
     }
 
+    pub fn store(&self) -> &Arc<dyn ObjectStore> {
+        &self.listed.store
+    }
+
+    /// The files, in position order.
+    pub fn files(&self) -> Vec<object_store::ObjectMeta> {
+        self.listed.files.iter().map(|f| f.object_meta.clone()).collect()
+    }
+
     /// The rows at `positions` (sorted, distinct, below [`rows`](Self::rows)), in that
     /// order, with the columns the table was listed with.
     pub async fn read(
@@ -190,13 +199,21 @@ impl Located {
             plans.push((*file, metadata.clone(), plan));
             wanted.extend(ranges.into_iter().map(|r| (*file, r)));
         }
-        // Every page of every file at once: the rows cost one round trip.
-        let fetched = reader::fetch_all_files(
+        // Every page of every file at once: the rows cost one round trip, none where
+        // this query read their chunks already.
+        let location = |f: usize| self.listed.files[f].object_meta.location.clone();
+        let mut fetched: Vec<Option<bytes::Bytes>> = wanted.iter().map(|(f, r)| io.chunk(location(*f).as_ref(), r)).collect();
+        let missing: Vec<usize> = (0..wanted.len()).filter(|&i| fetched[i].is_none()).collect();
+        let got = reader::fetch_all_files(
             &self.listed.store,
-            wanted.iter().map(|(f, r)| (self.listed.files[*f].object_meta.location.clone(), r.clone())).collect(),
+            missing.iter().map(|&i| (location(wanted[i].0), wanted[i].1.clone())).collect(),
             io,
         )
         .await?;
+        for (i, bytes) in missing.into_iter().zip(got) {
+            fetched[i] = Some(bytes);
+        }
+        let fetched = fetched.into_iter().map(|b| b.expect("every range filled"));
         let mut by_file: HashMap<usize, Vec<(u64, bytes::Bytes)>> = HashMap::new();
         for ((file, range), bytes) in wanted.into_iter().zip(fetched) {
             by_file.entry(file).or_default().push((range.start, bytes));

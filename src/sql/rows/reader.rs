@@ -4,12 +4,14 @@
 use std::collections::HashMap;
 use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use datafusion::common::{DataFusionError, Result};
 use datafusion::datasource::listing::PartitionedFile;
+use datafusion::datasource::physical_plan::parquet::metadata::CachedParquetMetaData;
 use datafusion::datasource::physical_plan::ParquetFileReaderFactory;
+use datafusion::execution::cache::cache_manager::{CachedFileMetadataEntry, FileMetadataCache};
 use datafusion::parquet::arrow::arrow_reader::ArrowReaderOptions;
 use datafusion::parquet::arrow::async_reader::AsyncFileReader;
 use datafusion::parquet::errors::ParquetError;
@@ -22,21 +24,100 @@ use object_store::{ObjectMeta, ObjectStore, ObjectStoreExt};
 /// GETs in flight at once for one wave.
 const GETS_IN_FLIGHT: usize = 64;
 
-/// What the table side cost: GETs, bytes, and waves of concurrent GETs (round trips).
-#[derive(Debug, Default)]
+/// What the table side cost: GETs, bytes, and waves of concurrent GETs (round trips);
+/// and what one query's reads share.
+#[derive(Default)]
 pub(crate) struct TableIo {
     pub gets: AtomicU64,
     pub bytes: AtomicU64,
     pub waves: AtomicU64,
+    /// DataFusion's cache of Parquet footers (the session's), shared with its own scans.
+    footers: Option<Arc<FileMetadataCache>>,
+    /// Whole column chunks this query read (walking their pages): the key map reads
+    /// the same chunks.
+    chunks: Mutex<HashMap<String, Vec<(u64, Bytes)>>>,
+    /// The disk tier for footers and key maps.
+    pub disk: Option<crate::DiskCache>,
+    /// Footers and key maps read from the disk tier.
+    pub disk_hits: AtomicU64,
 }
 
 impl TableIo {
+    pub fn new(footers: Arc<FileMetadataCache>, disk: Option<crate::DiskCache>) -> TableIo {
+        TableIo { footers: Some(footers), disk, ..Default::default() }
+    }
+
+    /// The bytes the disk tier keeps under `key`.
+    pub async fn from_disk(&self, key: &str) -> Option<Bytes> {
+        let found = self.disk.as_ref()?.load(key.to_string()).await;
+        if found.is_some() {
+            self.disk_hits.fetch_add(1, Ordering::Relaxed);
+        }
+        found
+    }
+
+    pub async fn to_disk(&self, key: String, bytes: Bytes) {
+        if let Some(disk) = &self.disk {
+            disk.store(key, bytes).await;
+        }
+    }
+
     fn add(&self, gets: usize, bytes: u64) {
         if gets > 0 {
             self.gets.fetch_add(gets as u64, Ordering::Relaxed);
             self.bytes.fetch_add(bytes, Ordering::Relaxed);
             self.waves.fetch_add(gets.div_ceil(GETS_IN_FLIGHT) as u64, Ordering::Relaxed);
         }
+    }
+
+    /// The footer DataFusion read of this version of `file`, if it did.
+    pub fn known_footer(&self, file: &ObjectMeta) -> Option<Arc<ParquetMetaData>> {
+        let entry = self.footers.as_ref()?.get(&file.location).filter(|e| e.is_valid_for(file))?;
+        entry.file_metadata.as_any().downcast_ref::<CachedParquetMetaData>().map(|c| c.parquet_metadata().clone())
+    }
+
+    pub fn keep_footer(&self, file: &ObjectMeta, metadata: Arc<ParquetMetaData>) {
+        if let Some(footers) = &self.footers {
+            let entry = CachedFileMetadataEntry::new(file.clone(), Arc::new(CachedParquetMetaData::new(metadata)));
+            footers.put(&file.location, entry);
+        }
+    }
+
+    pub fn keep_chunk(&self, file: &str, start: u64, bytes: Bytes) {
+        let mut chunks = self.chunks.lock().expect("chunks");
+        let kept = chunks.entry(file.to_string()).or_default();
+        let at = kept.partition_point(|(s, _)| *s < start);
+        kept.insert(at, (start, bytes));
+    }
+
+    /// Bytes `range` of `file`, when chunks this query read hold them (adjacent chunks
+    /// joined: the row reads merge nearby pages of several columns).
+    pub fn chunk(&self, file: &str, range: &Range<u64>) -> Option<Bytes> {
+        let chunks = self.chunks.lock().expect("chunks");
+        let kept = chunks.get(file)?;
+        let mut i = kept.partition_point(|(s, _)| *s <= range.start).checked_sub(1)?;
+        let mut pieces: Vec<Bytes> = vec![];
+        let mut at = range.start;
+        while at < range.end {
+            let (start, bytes) = kept.get(i)?;
+            let end = start + bytes.len() as u64;
+            if *start > at || end <= at {
+                return None;
+            }
+            pieces.push(bytes.slice((at - start) as usize..(range.end.min(end) - start) as usize));
+            at = range.end.min(end);
+            i += 1;
+        }
+        match pieces.len() {
+            1 => pieces.pop(),
+            _ => Some(pieces.concat().into()),
+        }
+    }
+}
+
+impl std::fmt::Debug for TableIo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TableIo").field("gets", &self.gets).field("waves", &self.waves).finish()
     }
 }
 
