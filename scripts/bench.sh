@@ -14,8 +14,8 @@ trap 'scripts/s3.sh stop' EXIT
 if [ "${DFF_REPORT:-}" != shards ]; then
   cargo bench -p datafusion-faiss --bench report "$@"
 fi
-# DFF_REPORT=filtered: the filtered-search rows alone (.work/bench/filtered.md).
-[ "${DFF_REPORT:-}" = filtered ] && exit 0
+# DFF_REPORT=filtered (cold): the filtered-search (cold-start) rows alone (.work/bench/filtered.md, cold.md).
+case "${DFF_REPORT:-}" in filtered|cold) exit 0 ;; esac
 cargo bench -p datafusion-faiss-ballista --bench shards "$@"
 cat .work/bench/shards.md >> .work/bench/report.md
 cargo bench -p datafusion-faiss-cli --bench changes "$@"

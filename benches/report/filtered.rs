@@ -88,7 +88,7 @@ fn p50(mut v: Vec<f64>) -> f64 {
 }
 
 /// The table, its vectors, and the two indexes, made once under `dir`.
-fn fixtures(plan: &Plan, dir: &FsPath) -> (PathBuf, Vec<f32>, PathBuf, PathBuf) {
+pub(crate) fn fixtures(plan: &Plan, dir: &FsPath) -> (PathBuf, Vec<f32>, PathBuf, PathBuf) {
     std::fs::create_dir_all(dir).unwrap();
     let table = dir.join("docs.parquet");
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
@@ -117,7 +117,7 @@ fn fixtures(plan: &Plan, dir: &FsPath) -> (PathBuf, Vec<f32>, PathBuf, PathBuf) 
     (table, x, keys, positions)
 }
 
-fn query(x: &[f32], d: usize, i: usize, filter: &str) -> String {
+pub(crate) fn query(x: &[f32], d: usize, i: usize, filter: &str) -> String {
     let row = (i * 7919 + 13) % (x.len() / d);
     let v: Vec<String> = x[row * d..(row + 1) * d].iter().map(|v| v.to_string()).collect();
     format!("SELECT id, label, vec_distance(embedding, '[{}]') AS d FROM t WHERE {filter} ORDER BY d, id LIMIT 10", v.join(", "))

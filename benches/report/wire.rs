@@ -61,12 +61,23 @@ impl Wire {
     }
 }
 
+/// DFF_WIRE_TRACE=1: every request on stderr, for request-by-request traces.
+fn trace(c: &Counters, what: &str, location: Option<&Path>) {
+    if std::env::var_os("DFF_WIRE_TRACE").is_some() {
+        let at = location.map_or(String::new(), |l| l.to_string());
+        eprintln!("wire: {what} {at} (round trip {})", c.round_trips.load(Ordering::SeqCst));
+    }
+}
+
 /// Marks a GET in flight until its body is read to the end or dropped.
 struct InFlight(Arc<Counters>);
 
 impl InFlight {
-    fn start(c: &Arc<Counters>) -> InFlight {
-        c.gets.fetch_add(1, Ordering::SeqCst);
+    /// A request; `gets` counts it unless it is a LIST.
+    fn start(c: &Arc<Counters>, get: bool) -> InFlight {
+        if get {
+            c.gets.fetch_add(1, Ordering::SeqCst);
+        }
         if c.in_flight.fetch_add(1, Ordering::SeqCst) == 0 {
             c.round_trips.fetch_add(1, Ordering::SeqCst);
         }
@@ -110,12 +121,13 @@ impl ObjectStore for Wire {
         self.inner.put_multipart_opts(location, opts).await
     }
     async fn get_opts(&self, location: &Path, options: GetOptions) -> object_store::Result<GetResult> {
-        let guard = InFlight::start(&self.counters);
-        // DFF_WIRE_TRACE=1: every request on stderr, for request-by-request traces.
-        if std::env::var_os("DFF_WIRE_TRACE").is_some() {
-            let what = if options.head { "HEAD".to_string() } else { format!("GET {:?}", options.range) };
-            eprintln!("wire: {what} {location} (round trip {})", self.counters.round_trips.load(Ordering::SeqCst));
-        }
+        let guard = InFlight::start(&self.counters, true);
+        let what = match options.head {
+            true => "HEAD".to_string(),
+            false if options.if_none_match.is_some() => format!("GET {:?} If-None-Match", options.range),
+            false => format!("GET {:?}", options.range),
+        };
+        trace(&self.counters, &what, Some(location));
         if !self.latency.is_zero() {
             tokio::time::sleep(self.latency).await;
         }
@@ -143,9 +155,23 @@ impl ObjectStore for Wire {
         self.inner.delete_stream(locations)
     }
     fn list(&self, prefix: Option<&Path>) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
-        self.inner.list(prefix)
+        let (inner, latency, counters) = (self.inner.clone(), self.latency, self.counters.clone());
+        let prefix = prefix.cloned();
+        futures::stream::once(async move {
+            let guard = InFlight::start(&counters, false);
+            trace(&counters, "LIST", prefix.as_ref());
+            tokio::time::sleep(latency).await;
+            let listed: Vec<_> = inner.list(prefix.as_ref()).collect().await;
+            drop(guard);
+            futures::stream::iter(listed)
+        })
+        .flatten()
+        .boxed()
     }
     async fn list_with_delimiter(&self, prefix: Option<&Path>) -> object_store::Result<ListResult> {
+        let _guard = InFlight::start(&self.counters, false);
+        trace(&self.counters, "LIST", prefix);
+        tokio::time::sleep(self.latency).await;
         self.inner.list_with_delimiter(prefix).await
     }
     async fn copy_opts(&self, from: &Path, to: &Path, options: CopyOptions) -> object_store::Result<()> {

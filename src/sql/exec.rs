@@ -423,7 +423,9 @@ impl Run {
     pub(super) async fn prepare(&self, columns: &[usize]) -> Result<Option<Lookup>> {
         let table = &self.spec.table;
         let key = table.key_index().map(|k| table.schema().field(k).name().clone());
-        let (listed, ()) = futures::join!(Listed::list(table.base(), &self.state, columns), self.read_planned(key.as_deref()));
+        let names: Vec<String> = columns.iter().map(|&c| table.schema().field(c).name().clone()).collect();
+        let planned = self.read_planned(key.as_deref(), &names);
+        let (listed, ()) = futures::join!(Listed::list(table.base(), &self.state, columns), planned);
         let Some(listed) = listed? else { return Ok(None) };
         let located = listed.locate(&self.io).await?;
         let keys = match &key {
@@ -433,16 +435,21 @@ impl Run {
         Ok(Some(Lookup { located, keys }))
     }
 
-    /// Footers (and the key map) of the part's files as listed at planning, ahead of
-    /// the listing. Failures show again where they matter, in the lookup itself.
-    async fn read_planned(&self, key: Option<&str>) {
+    /// Footers with the pages of `columns`, and the key map, of the part's files as
+    /// listed at planning, ahead of the listing: one wave. Failures show again where
+    /// they matter, in the lookup itself.
+    async fn read_planned(&self, key: Option<&str>, columns: &[String]) {
         let Some(versions) = &self.versions else { return };
         let Some(store) = super::parts::store_of(self.spec.table.base(), &self.state) else { return };
         let files: Vec<_> = versions.iter().map(|v| v.meta().clone()).collect();
-        let _ = match key {
-            Some(name) => keys::key_map(&store, &files, name, &self.io).await.map(drop),
-            None => futures::future::try_join_all(files.iter().map(|f| footer(&store, f, &self.io))).await.map(drop),
+        let footers = futures::future::try_join_all(files.iter().map(|f| footer(&store, f, &self.io, columns)));
+        let keys = async {
+            match key {
+                Some(name) => keys::key_map(&store, &files, name, &self.io).await.map(drop),
+                None => Ok(()),
+            }
         };
+        let _ = futures::join!(footers, keys);
     }
 
     /// Base-table columns the row lookup reads: the scan's, but the key (a row's key is

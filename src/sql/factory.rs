@@ -11,7 +11,10 @@ use datafusion::datasource::listing_table_factory::ListingTableFactory;
 use datafusion::execution::context::SessionState;
 use datafusion::logical_expr::CreateExternalTable;
 
+use object_store::ObjectMeta;
+
 use super::config::FaissConfig;
+use super::manifest;
 use super::rows::{footer, TableIo};
 use super::table::{VectorTable, VectorTableOptions};
 
@@ -51,13 +54,15 @@ impl TableProviderFactory for FaissTableFactory {
             vector: get("vector")?,
             normalized,
         };
-        let folder = base_cmd.locations.len() == 1 && base_cmd.locations[0].ends_with('/');
         let base = async {
-            if let Some(disk) = FaissConfig::from_options(state.config_options()).disk() {
-                seed_footers(state, &base_cmd, disk).await;
-            }
-            let base = match folder && cmd.table_partition_cols.is_empty() && cmd.schema.fields().is_empty() {
-                true => parquet_folder(state, &base_cmd).await,
+            let simple = base_cmd.locations.len() == 1
+                && cmd.table_partition_cols.is_empty()
+                && cmd.schema.fields().is_empty()
+                && cmd.order_exprs.is_empty()
+                && cmd.constraints.is_empty()
+                && cmd.column_defaults.is_empty();
+            let base = match simple {
+                true => parquet_table(state, &base_cmd).await,
                 false => ListingTableFactory::new().create(state, &base_cmd).await,
             };
             base.map_err(|e| {
@@ -72,24 +77,12 @@ impl TableProviderFactory for FaissTableFactory {
     }
 }
 
-/// The footers the disk tier keeps of the files `cmd` names, put where DataFusion's
-/// schema inference finds them. Costs the listing (a HEAD or LIST) it makes anyway.
-async fn seed_footers(state: &dyn Session, cmd: &CreateExternalTable, disk: crate::DiskCache) {
-    let runtime = state.runtime_env();
-    let io = Arc::new(TableIo::new(runtime.cache_manager.get_file_metadata_cache(), Some(disk)));
-    for location in &cmd.locations {
-        let Ok(url) = ListingTableUrl::parse(location) else { continue };
-        let Ok(store) = runtime.object_store(url.object_store()) else { continue };
-        if let Ok(files) = super::manifest::parquet_files(&store, &url, ".parquet").await {
-            let files: Vec<_> = files.into_iter().map(|(_, meta)| meta).collect();
-            footer::seed(&store, &files, &io).await;
-        }
-    }
-}
-
-/// The Parquet files of the folder `cmd` names. DataFusion's own factory reads every file of
-/// a folder whatever its name; the folder may hold the indexes too (one per data file).
-async fn parquet_folder(state: &dyn Session, cmd: &CreateExternalTable) -> Result<Arc<dyn TableProvider>> {
+/// The Parquet file or folder `cmd` names, listed once (a HEAD or LIST), its schema
+/// inferred by DataFusion's Parquet format from the footers: those the disk tier keeps of
+/// the listed versions, the others read. DataFusion's own factory lists a location
+/// three times to infer what a plain one leaves open, and reads every file of a folder
+/// whatever its name, where the folder may hold the indexes too (one per data file).
+async fn parquet_table(state: &dyn Session, cmd: &CreateExternalTable) -> Result<Arc<dyn TableProvider>> {
     let Some(state) = state.as_any().downcast_ref::<SessionState>() else {
         return plan_err!("STORED AS FAISS needs a SessionState");
     };
@@ -98,7 +91,20 @@ async fn parquet_folder(state: &dyn Session, cmd: &CreateExternalTable) -> Resul
     };
     let format = factory.create(state, &cmd.options)?;
     let url = ListingTableUrl::parse(&cmd.locations[0])?;
-    let options = ListingOptions::new(format).with_file_extension(".parquet");
-    let config = ListingTableConfig::new(url).with_listing_options(options).infer_schema(state).await?;
-    Ok(Arc::new(ListingTable::try_new(config)?))
+    // A single file is taken whatever its name ends with.
+    let extension = if url.is_collection() { ".parquet" } else { "" };
+    let store = state.runtime_env().object_store(url.object_store())?;
+    let files: Vec<ObjectMeta> =
+        manifest::parquet_files(&store, &url, extension).await?.into_iter().map(|(_, m)| m).filter(|m| m.size > 0).collect();
+    if let Some(disk) = FaissConfig::from_options(state.config_options()).disk() {
+        let io = Arc::new(TableIo::new(state.runtime_env().cache_manager.get_file_metadata_cache(), Some(disk)));
+        footer::seed(&store, &files, &io).await;
+    }
+    let schema = format.infer_schema(state, &store, &files).await?;
+    let options = ListingOptions::new(format).with_file_extension(extension);
+    let config = ListingTableConfig::new(url).with_listing_options(options).with_schema(schema);
+    let table = ListingTable::try_new(config)?
+        .with_cache(state.runtime_env().cache_manager.get_file_statistic_cache())
+        .with_definition(cmd.definition.clone());
+    Ok(Arc::new(table))
 }

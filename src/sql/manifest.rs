@@ -332,7 +332,7 @@ pub async fn record(state: &SessionState, store: &Arc<dyn ObjectStore>, files: V
     let io = Arc::new(super::rows::TableIo::default());
     let mut with_rows = vec![];
     for meta in files {
-        let footer = super::rows::footer::footer(store, &meta, &io).await?;
+        let footer = super::rows::footer::footer(store, &meta, &io, &[]).await?;
         with_rows.push((meta, footer.rows()));
     }
     let at = IndexLocation::resolve(index, runtime)?;

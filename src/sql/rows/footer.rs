@@ -32,6 +32,8 @@ pub(crate) struct Footer {
     pub plain: Arc<ParquetMetaData>,
     /// Per leaf column: its pages are known in every row group.
     pub leaf_paged: Vec<bool>,
+    /// Per leaf column: nothing more to learn of its pages (known, walked, or nested).
+    settled: Vec<bool>,
 }
 
 impl Footer {
@@ -49,6 +51,20 @@ impl Footer {
 
     fn weight(&self) -> u32 {
         (self.paged.memory_size() + self.plain.memory_size()).min(u32::MAX as usize) as u32
+    }
+
+    /// The footer with `offsets` for its page locations.
+    fn with_offsets(plain: ParquetMetaData, offsets: Vec<Vec<OffsetIndexMetaData>>, settled: Vec<bool>) -> Footer {
+        let groups = plain.num_row_groups();
+        let leaf_paged = (0..settled.len())
+            .map(|c| (0..groups).all(|g| !offsets[g][c].page_locations.is_empty() || plain.row_group(g).num_rows() == 0))
+            .collect();
+        let paged = ParquetMetaDataBuilder::new_from_metadata(plain.clone()).set_offset_index(Some(offsets)).build();
+        Footer { paged: Arc::new(paged), plain: Arc::new(plain), leaf_paged, settled }
+    }
+
+    fn offsets(&self) -> Vec<Vec<OffsetIndexMetaData>> {
+        self.paged.offset_index().expect("an offset index, if empty").clone()
     }
 }
 
@@ -100,37 +116,55 @@ fn footers() -> &'static moka::future::Cache<FileVersion, Arc<Footer>> {
     })
 }
 
-/// The footer of `file`, from the cache or read (with its page index, if any) and
-/// completed with page locations found by walking the pages of the flat columns.
+/// The footer of `file`, from the cache or read (with its page index, if any), with page
+/// locations found for the flat columns among `columns` whose writer left none, by
+/// walking their page headers (their chunks read whole, one wave, kept for this query).
 pub(crate) async fn footer(
     store: &Arc<dyn object_store::ObjectStore>,
     file: &ObjectMeta,
     io: &Arc<TableIo>,
+    columns: &[String],
 ) -> Result<Arc<Footer>> {
     let version = FileVersion::of(store, file);
-    footers()
-        .try_get_with(version, read_footer(store.clone(), file.clone(), io.clone()))
+    let known = footers()
+        .try_get_with(version.clone(), read_footer(store.clone(), file.clone(), io.clone()))
         .await
-        .map_err(DataFusionError::Shared)
+        .map_err(DataFusionError::Shared)?;
+    let unsettled: Vec<usize> = known.leaves(columns).into_iter().filter(|&c| !known.settled[c]).collect();
+    if unsettled.is_empty() {
+        return Ok(known);
+    }
+    let walked = Arc::new(walk(store, file, io, &known, &unsettled).await?);
+    footers().insert(version, walked.clone()).await;
+    io.to_disk(disk_key(store, file), encode(file, &walked)).await;
+    Ok(walked)
 }
 
-/// Puts the footers the disk tier keeps of `files` into DataFusion's cache (and ours),
-/// so that its schema inference and scans read none of them from the store.
+/// Puts the footers the disk tier keeps of these versions of `files` into DataFusion's
+/// cache (and ours), so that its schema inference and scans read none of them.
 pub(crate) async fn seed(store: &Arc<dyn object_store::ObjectStore>, files: &[ObjectMeta], io: &Arc<TableIo>) {
     for file in files {
-        let version = FileVersion::of(store, file);
-        if footers().get(&version).await.is_some() {
-            continue;
-        }
-        if let Some(footer) = io.from_disk(&disk_key(store, file)).await.and_then(|b| decode(&b)) {
-            io.keep_footer(file, footer.plain.clone());
-            footers().insert(version, Arc::new(footer)).await;
+        if let Some(footer) = from_disk(store, file, io).await {
+            footers().insert(FileVersion::of(store, file), Arc::new(footer)).await;
         }
     }
 }
 
+/// The footer of this version of `file` the disk tier keeps, also put in DataFusion's
+/// cache.
+async fn from_disk(store: &Arc<dyn object_store::ObjectStore>, file: &ObjectMeta, io: &TableIo) -> Option<Footer> {
+    let (meta, footer) = decode(&io.from_disk(&disk_key(store, file)).await?, &file.location)?;
+    if FileVersion::of(store, &meta) != FileVersion::of(store, file) {
+        return None;
+    }
+    io.keep_footer(file, footer.plain.clone());
+    io.disk_hit();
+    Some(footer)
+}
+
+/// One entry per file: the latest version read replaces the one before.
 fn disk_key(store: &Arc<dyn object_store::ObjectStore>, file: &ObjectMeta) -> String {
-    format!("footer|{store}|{}", crate::fetch::version_key(file.location.as_ref(), file))
+    format!("footer|{store}|{}", file.location)
 }
 
 async fn read_footer(
@@ -139,12 +173,10 @@ async fn read_footer(
     io: Arc<TableIo>,
 ) -> Result<Arc<Footer>> {
     let name = file.location.to_string();
-    let disk_key = disk_key(&store, &file);
-    if let Some(footer) = io.from_disk(&disk_key).await.and_then(|b| decode(&b)) {
-        io.keep_footer(&file, footer.plain.clone());
+    if let Some(footer) = from_disk(&store, &file, &io).await {
         return Ok(Arc::new(footer));
     }
-    let mut reader = FileReader::new(store, file.clone(), io.clone());
+    let mut reader = FileReader::new(store.clone(), file.clone(), io.clone());
     // DataFusion keeps the footers it read (the schema inference of CREATE among them).
     let metadata = match io.known_footer(&file) {
         Some(metadata) => metadata,
@@ -166,26 +198,43 @@ async fn read_footer(
         .build();
     let leaves = metadata.file_metadata().schema_descr().num_columns();
     let groups = metadata.num_row_groups();
-    let mut offsets: Vec<Vec<OffsetIndexMetaData>> = match metadata.offset_index() {
+    let offsets: Vec<Vec<OffsetIndexMetaData>> = match metadata.offset_index() {
         Some(index) if index.len() == groups && index.iter().all(|g| g.len() == leaves) => index.clone(),
         _ => vec![
             vec![OffsetIndexMetaData { page_locations: vec![], unencoded_byte_array_data_bytes: None }; leaves];
             groups
         ],
     };
-    // Chunks without locations: walk the page headers of the flat columns, whose pages
-    // hold one level per row. (A nested column's v1 pages may end inside a row: such a
-    // chunk is read whole when a row of it is needed.)
+    // A nested column's v1 pages may end inside a row: such a chunk is read whole when
+    // a row of it is needed, and is not walked.
     let descr = metadata.file_metadata().schema_descr_ptr();
-    let missing: Vec<(usize, usize)> = (0..groups)
-        .flat_map(|g| (0..leaves).map(move |c| (g, c)))
-        .filter(|&(g, c)| {
-            offsets[g][c].page_locations.is_empty()
-                && metadata.row_group(g).num_rows() > 0
-                && descr.column(c).max_rep_level() == 0
+    let settled = (0..leaves)
+        .map(|c| {
+            descr.column(c).max_rep_level() > 0
+                || (0..groups).all(|g| !offsets[g][c].page_locations.is_empty() || plain.row_group(g).num_rows() == 0)
         })
         .collect();
-    // Every chunk in one wave, kept for this query (the key map reads the same ones).
+    let footer = Footer::with_offsets(plain, offsets, settled);
+    io.to_disk(disk_key(&store, &file), encode(&file, &footer)).await;
+    Ok(Arc::new(footer))
+}
+
+/// `known` with the pages of the flat `leaves` found: their chunks in one wave, kept for
+/// this query (the row reads may take their pages from them), page headers walked.
+async fn walk(
+    store: &Arc<dyn object_store::ObjectStore>,
+    file: &ObjectMeta,
+    io: &Arc<TableIo>,
+    known: &Footer,
+    leaves: &[usize],
+) -> Result<Footer> {
+    let name = file.location.to_string();
+    let metadata = &known.plain;
+    let mut offsets = known.offsets();
+    let missing: Vec<(usize, usize)> = (0..metadata.num_row_groups())
+        .flat_map(|g| leaves.iter().map(move |&c| (g, c)))
+        .filter(|&(g, c)| offsets[g][c].page_locations.is_empty() && metadata.row_group(g).num_rows() > 0)
+        .collect();
     let ranges: Vec<_> = missing
         .iter()
         .map(|&(g, c)| {
@@ -193,6 +242,7 @@ async fn read_footer(
             start..start + len
         })
         .collect();
+    let reader = FileReader::new(store.clone(), file.clone(), io.clone());
     let chunks = reader.fetch_ranges(ranges.clone()).await?;
     let walked: Vec<(usize, usize, Option<Vec<PageLocation>>)> = futures::stream::iter(missing.into_iter().zip(ranges).zip(chunks))
         .map(|(((g, c), range), bytes)| {
@@ -220,30 +270,35 @@ async fn read_footer(
             offsets[g][c].page_locations = pages;
         }
     }
-    let leaf_paged: Vec<bool> = (0..leaves)
-        .map(|c| (0..groups).all(|g| !offsets[g][c].page_locations.is_empty() || metadata.row_group(g).num_rows() == 0))
-        .collect();
-    let paged = ParquetMetaDataBuilder::new_from_metadata(metadata).set_offset_index(Some(offsets)).build();
-    let footer = Footer { paged: Arc::new(paged), plain: Arc::new(plain), leaf_paged };
-    if let Some(bytes) = encode(&footer) {
-        io.to_disk(disk_key, bytes).await;
-    }
-    Ok(Arc::new(footer))
+    let mut settled = known.settled.clone();
+    leaves.iter().for_each(|&c| settled[c] = true);
+    Ok(Footer::with_offsets(metadata.as_ref().clone(), offsets, settled))
 }
 
-const SAVED_MAGIC: &[u8; 8] = b"DFFFOOT1";
+const SAVED_MAGIC: &[u8; 8] = b"DFFFOOT2";
 
-/// A footer as the disk tier keeps it: the Parquet footer (without page index, as the
-/// file has it) and the page locations known for each column chunk.
-fn encode(footer: &Footer) -> Option<Bytes> {
+/// A footer as the disk tier keeps it: the file version it is of, the Parquet footer
+/// (without page index, as the file has it), and per column chunk the page locations
+/// known, or -1 for a chunk not walked yet.
+fn encode(file: &ObjectMeta, footer: &Footer) -> Bytes {
     let mut thrift = vec![];
-    ParquetMetaDataWriter::new(&mut thrift, &footer.plain).finish().ok()?;
+    if ParquetMetaDataWriter::new(&mut thrift, &footer.plain).finish().is_err() {
+        return Bytes::new();
+    }
+    let tag = file.e_tag.as_deref().unwrap_or("");
     let mut out = SAVED_MAGIC.to_vec();
-    out.extend_from_slice(&(thrift.len() as u64).to_le_bytes());
+    let mut put = |v: i64| out.extend_from_slice(&v.to_le_bytes());
+    put(file.size as i64);
+    put(file.last_modified.timestamp_nanos_opt().unwrap_or(0));
+    put(tag.len() as i64);
+    put(thrift.len() as i64);
+    out.extend_from_slice(tag.as_bytes());
     out.extend_from_slice(&thrift);
-    for group in footer.paged.offset_index()? {
-        for chunk in group {
-            out.extend_from_slice(&(chunk.page_locations.len() as u64).to_le_bytes());
+    let offsets = footer.offsets();
+    for group in &offsets {
+        for (c, chunk) in group.iter().enumerate() {
+            let settled = footer.settled[c] || !chunk.page_locations.is_empty();
+            out.extend_from_slice(&(if settled { chunk.page_locations.len() as i64 } else { -1 }).to_le_bytes());
             for page in &chunk.page_locations {
                 out.extend_from_slice(&page.offset.to_le_bytes());
                 out.extend_from_slice(&(page.compressed_page_size as i64).to_le_bytes());
@@ -251,29 +306,47 @@ fn encode(footer: &Footer) -> Option<Bytes> {
             }
         }
     }
-    Some(out.into())
+    out.into()
 }
 
-/// `None` for anything but what `encode` wrote.
-fn decode(bytes: &Bytes) -> Option<Footer> {
+/// The version and footer `encode` wrote for the file at `location`; `None` for
+/// anything else.
+fn decode(bytes: &Bytes, location: &object_store::path::Path) -> Option<(ObjectMeta, Footer)> {
     if bytes.get(..8)? != SAVED_MAGIC {
         return None;
     }
-    let len = usize::try_from(u64::from_le_bytes(bytes.get(8..16)?.try_into().expect("8 bytes"))).ok()?;
-    let thrift = bytes.slice(16..16usize.checked_add(len).filter(|&e| e <= bytes.len())?);
+    let mut at = 8usize;
+    let mut read = || -> Option<i64> {
+        let b = bytes.get(at..at + 8)?;
+        at += 8;
+        Some(i64::from_le_bytes(b.try_into().expect("8 bytes")))
+    };
+    let (size, nanos) = (u64::try_from(read()?).ok()?, read()?);
+    let (tag_len, thrift_len) = (usize::try_from(read()?).ok()?, usize::try_from(read()?).ok()?);
+    let tag = String::from_utf8(bytes.get(40..40usize.checked_add(tag_len)?)?.to_vec()).ok()?;
+    let from = 40 + tag_len;
+    let thrift = bytes.slice(from..from.checked_add(thrift_len).filter(|&e| e <= bytes.len())?);
     let plain = ParquetMetaDataReader::new().with_page_index_policy(PageIndexPolicy::Skip).parse_and_finish(&thrift).ok()?;
-    let mut at = 16 + len;
+    let last_modified = datafusion::arrow::temporal_conversions::timestamp_ns_to_datetime(nanos)?.and_utc();
+    let e_tag = (!tag.is_empty()).then_some(tag);
+    let meta = ObjectMeta { location: location.clone(), last_modified, size, e_tag, version: None };
+    let mut at = from + thrift_len;
     let mut read = || -> Option<i64> {
         let b = bytes.get(at..at + 8)?;
         at += 8;
         Some(i64::from_le_bytes(b.try_into().expect("8 bytes")))
     };
     let leaves = plain.file_metadata().schema_descr().num_columns();
+    let descr = plain.file_metadata().schema_descr_ptr();
+    let mut settled: Vec<bool> = (0..leaves).map(|c| descr.column(c).max_rep_level() > 0).collect();
+    let mut walked = vec![true; leaves];
     let mut offsets = vec![];
     for g in 0..plain.num_row_groups() {
         let mut group = vec![];
-        for _ in 0..leaves {
-            let n = usize::try_from(read()?).ok().filter(|&n| n <= plain.row_group(g).num_rows().max(0) as usize)?;
+        for walked in walked.iter_mut() {
+            let n = read()?;
+            *walked &= n >= 0;
+            let n = usize::try_from(n.max(0)).ok().filter(|&n| n <= plain.row_group(g).num_rows().max(0) as usize)?;
             let mut pages = Vec::with_capacity(n);
             for _ in 0..n {
                 let (offset, size, first_row_index) = (read()?, read()?, read()?);
@@ -286,12 +359,8 @@ fn decode(bytes: &Bytes) -> Option<Footer> {
     if read().is_some() {
         return None;
     }
-    let groups = plain.num_row_groups();
-    let leaf_paged: Vec<bool> = (0..leaves)
-        .map(|c| (0..groups).all(|g| !offsets[g][c].page_locations.is_empty() || plain.row_group(g).num_rows() == 0))
-        .collect();
-    let paged = ParquetMetaDataBuilder::new_from_metadata(plain.clone()).set_offset_index(Some(offsets)).build();
-    Some(Footer { paged: Arc::new(paged), plain: Arc::new(plain), leaf_paged })
+    settled.iter_mut().zip(&walked).for_each(|(s, w)| *s |= *w);
+    Some((meta, Footer::with_offsets(plain, offsets, settled)))
 }
 
 /// The data pages of one flat column chunk (`bytes`, starting at file offset `start`)

@@ -83,6 +83,7 @@ pub(crate) async fn key_map(
             files.iter().map(|f| crate::fetch::version_key(f.location.as_ref(), f)).collect();
         let disk_key = format!("keys|{store}|{key}|{}", names.join(";"));
         if let Some(map) = io.from_disk(&disk_key).await.and_then(|b| KeyMap::decode(&b)) {
+            io.disk_hit();
             return Ok(Arc::new(map));
         }
         let map = read(store, files, key, io).await?;
@@ -93,7 +94,7 @@ pub(crate) async fn key_map(
 }
 
 async fn read(store: &Arc<dyn ObjectStore>, files: &[ObjectMeta], key: &str, io: &Arc<TableIo>) -> Result<Arc<KeyMap>> {
-    let footers = futures::future::try_join_all(files.iter().map(|f| footer(store, f, io))).await?;
+    let footers = futures::future::try_join_all(files.iter().map(|f| footer(store, f, io, &[]))).await?;
     let names = [key.to_string()];
     let mut leaves = vec![];
     let mut wanted = vec![];

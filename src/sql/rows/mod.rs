@@ -83,10 +83,11 @@ impl Listed {
     /// The footer of every file, from the cache or read.
     pub async fn locate(self, io: &Arc<TableIo>) -> Result<Located> {
         let metas: Vec<object_store::ObjectMeta> = self.files.iter().map(|f| f.object_meta.clone()).collect();
+        let columns = self.columns();
         let footers: Vec<Arc<Footer>> = futures::stream::iter(metas)
             .map(|meta| {
-                let (store, io) = (self.store.clone(), io.clone());
-                async move { footer::footer(&store, &meta, &io).await }
+                let (store, io, columns) = (self.store.clone(), io.clone(), &columns);
+                async move { footer::footer(&store, &meta, &io, columns).await }
             })
             .buffered(16)
             .try_collect()
@@ -197,10 +198,16 @@ impl Located {
             let metadata = if paged { &footer.paged } else { &footer.plain };
             let (plan, ranges) = access(metadata, rows, &leaves);
             plans.push((*file, metadata.clone(), plan));
-            wanted.extend(ranges.into_iter().map(|r| (*file, r)));
+            // Pages in chunks this query read are taken from them; the others are
+            // fetched, those close together by one GET.
+            let name = self.listed.files[*file].object_meta.location.to_string();
+            let (known, fetch): (Vec<_>, Vec<_>) = ranges.into_iter().partition(|r| io.chunk(&name, r).is_some());
+            let fetch = merged(fetch);
+            let covered = |r: &Range<u64>| fetch.iter().any(|f| f.start <= r.start && r.end <= f.end);
+            let known: Vec<_> = known.into_iter().filter(|r| !covered(r)).collect();
+            wanted.extend(known.into_iter().chain(fetch).map(|r| (*file, r)));
         }
-        // Every page of every file at once: the rows cost one round trip, none where
-        // this query read their chunks already.
+        // Every page of every file at once: the rows cost one round trip.
         let location = |f: usize| self.listed.files[f].object_meta.location.clone();
         let mut fetched: Vec<Option<bytes::Bytes>> = wanted.iter().map(|(f, r)| io.chunk(location(*f).as_ref(), r)).collect();
         let missing: Vec<usize> = (0..wanted.len()).filter(|&i| fetched[i].is_none()).collect();
@@ -218,6 +225,7 @@ impl Located {
         for ((file, range), bytes) in wanted.into_iter().zip(fetched) {
             by_file.entry(file).or_default().push((range.start, bytes));
         }
+        by_file.values_mut().for_each(|segments| segments.sort_by_key(|(start, _)| *start));
         let mut readers = HashMap::new();
         let mut groups = vec![];
         for (file, metadata, plan) in plans {
@@ -254,8 +262,8 @@ impl Located {
 
 /// The access plan selecting `rows` (sorted, within the file) and the byte ranges the
 /// Parquet reader will ask for them: per selected row group and leaf, the dictionary
-/// page and the data pages holding the rows where pages are known, else the whole chunk,
-/// merged where less than [`GAP`] apart.
+/// page and the data pages holding the rows where pages are known, else the whole chunk;
+/// sorted.
 fn access(
     metadata: &datafusion::parquet::file::metadata::ParquetMetaData,
     rows: &[u64],
@@ -303,6 +311,12 @@ fn access(
         start = end;
     }
     ranges.sort_by_key(|r| r.start);
+    ranges.dedup();
+    (plan, ranges)
+}
+
+/// `ranges` (sorted) with those less than [`GAP`] apart made one.
+fn merged(ranges: Vec<Range<u64>>) -> Vec<Range<u64>> {
     let mut merged: Vec<Range<u64>> = vec![];
     for r in ranges {
         match merged.last_mut() {
@@ -310,5 +324,5 @@ fn access(
             _ => merged.push(r),
         }
     }
-    (plan, merged)
+    merged
 }

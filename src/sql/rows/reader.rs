@@ -49,11 +49,12 @@ impl TableIo {
 
     /// The bytes the disk tier keeps under `key`.
     pub async fn from_disk(&self, key: &str) -> Option<Bytes> {
-        let found = self.disk.as_ref()?.load(key.to_string()).await;
-        if found.is_some() {
-            self.disk_hits.fetch_add(1, Ordering::Relaxed);
-        }
-        found
+        self.disk.as_ref()?.load(key.to_string()).await
+    }
+
+    /// Counts a footer or key map the disk tier served.
+    pub fn disk_hit(&self) {
+        self.disk_hits.fetch_add(1, Ordering::Relaxed);
     }
 
     pub async fn to_disk(&self, key: String, bytes: Bytes) {
