@@ -9,6 +9,7 @@
 use std::sync::Arc;
 
 use datafusion::arrow::datatypes::{Schema, SchemaRef};
+use datafusion::arrow::temporal_conversions::timestamp_ns_to_datetime;
 use datafusion::catalog::TableProvider;
 use datafusion::common::{internal_err, DataFusionError, Result, TableReference};
 use datafusion::datasource::{provider_as_source, source_as_provider};
@@ -21,13 +22,15 @@ use datafusion_proto::logical_plan::{AsLogicalPlan, DefaultLogicalExtensionCodec
 use datafusion_proto::physical_plan::{from_proto::parse_physical_expr, to_proto::serialize_physical_expr};
 use datafusion_proto::physical_plan::{PhysicalExtensionCodec, PhysicalProtoConverterExtension};
 use datafusion_proto::protobuf;
+use object_store::ObjectMeta;
 use prost::Message;
 
 use super::exec::{IvfKnnExec, IvfTopKExec};
 use super::node::TopK;
 use super::registry::IndexLocation;
 use super::manifest::ObjectVersion;
-use super::parts::{Ids, Part, Span};
+use super::parts::{store_of, Ids, Part, Span};
+use super::rows::FileVersion;
 use super::table::{VectorTable, VectorTableOptions};
 use crate::{IndexInfo, Metric};
 
@@ -90,6 +93,25 @@ struct PartMsg {
     rows: u64,
     #[prost(uint64, tag = "8")]
     stale: u64,
+    /// The part's files as listed at planning; `listed` false: not known, list anew.
+    #[prost(bool, tag = "9")]
+    listed: bool,
+    #[prost(message, repeated, tag = "10")]
+    versions: Vec<FileMsg>,
+}
+
+#[derive(Clone, PartialEq, Message)]
+struct FileMsg {
+    #[prost(string, tag = "1")]
+    location: String,
+    #[prost(uint64, tag = "2")]
+    size: u64,
+    #[prost(string, optional, tag = "3")]
+    e_tag: Option<String>,
+    #[prost(int64, tag = "4")]
+    modified_nanos: i64,
+    #[prost(string, optional, tag = "5")]
+    version: Option<String>,
 }
 
 #[derive(Clone, PartialEq, Message)]
@@ -121,10 +143,54 @@ fn encode_part(p: &Part) -> Result<PartMsg> {
         files: p.files as u64,
         rows: p.rows,
         stale: p.stale as u64,
+        listed: p.versions.is_some(),
+        versions: p.versions.iter().flat_map(|v| v.iter()).map(encode_file).collect::<Result<_>>()?,
     })
 }
 
-fn decode_part(msg: &PartMsg, table: Arc<VectorTable>) -> Result<Part> {
+fn encode_file(v: &FileVersion) -> Result<FileMsg> {
+    encode_meta(v.meta())
+}
+
+fn encode_meta(m: &ObjectMeta) -> Result<FileMsg> {
+    let Some(modified_nanos) = m.last_modified.timestamp_nanos_opt() else {
+        return internal_err!("{}: a modification time out of range", m.location);
+    };
+    Ok(FileMsg {
+        location: m.location.to_string(),
+        size: m.size,
+        e_tag: m.e_tag.clone(),
+        modified_nanos,
+        version: m.version.clone(),
+    })
+}
+
+fn decode_file(f: &FileMsg) -> Result<ObjectMeta> {
+    let Some(modified) = timestamp_ns_to_datetime(f.modified_nanos) else {
+        return internal_err!("{}: a modification time out of range", f.location);
+    };
+    Ok(ObjectMeta {
+        location: object_store::path::Path::from(f.location.as_str()),
+        last_modified: modified.and_utc(),
+        size: f.size,
+        e_tag: f.e_tag.clone(),
+        version: f.version.clone(),
+    })
+}
+
+/// The planned versions, named in this process's store for the part's table.
+fn decode_versions(msg: &PartMsg, table: &VectorTable, ctx: &TaskContext) -> Result<Option<Arc<Vec<FileVersion>>>> {
+    if !msg.listed {
+        return Ok(None);
+    }
+    let Some(store) = store_of(table.base(), &ctx.runtime_env()) else {
+        return internal_err!("a FAISS plan part with listed files over a table that is not a listing");
+    };
+    let files = msg.versions.iter().map(|f| Ok(FileVersion::of(&store, &decode_file(f)?)));
+    Ok(Some(Arc::new(files.collect::<Result<_>>()?)))
+}
+
+fn decode_part(msg: &PartMsg, table: Arc<VectorTable>, ctx: &TaskContext) -> Result<Part> {
     let ids = match msg.ids {
         0 => Ids::Trusted,
         1 => Ids::Positions(Arc::new(
@@ -135,6 +201,7 @@ fn decode_part(msg: &PartMsg, table: Arc<VectorTable>) -> Result<Part> {
         other => return internal_err!("a FAISS plan part with ids of kind {other}"),
     };
     Ok(Part {
+        versions: decode_versions(msg, &table, ctx)?,
         table,
         exact: msg.exact,
         ids,
@@ -146,8 +213,6 @@ fn decode_part(msg: &PartMsg, table: Arc<VectorTable>) -> Result<Part> {
         files: msg.files as usize,
         rows: msg.rows,
         stale: msg.stale as usize,
-        // A file version names a store of this process: the executor lists anew.
-        versions: None,
     })
 }
 
@@ -303,7 +368,7 @@ fn decode_scan(msg: &ScanMsg, ctx: &TaskContext, logical: &dyn LogicalExtensionC
         cache_bytes: msg.cache_bytes,
         disk: (!msg.disk_dir.is_empty()).then(|| crate::DiskCache::open(&msg.disk_dir, msg.disk_bytes)),
     };
-    let parts = msg.parts.iter().map(|p| decode_part(p, table(&p.table)?));
+    let parts = msg.parts.iter().map(|p| decode_part(p, table(&p.table)?, ctx));
     Ok((spec, parts.collect::<Result<_>>()?))
 }
 
@@ -483,5 +548,27 @@ impl PhysicalExtensionCodec for FaissPhysicalCodec {
 
     fn try_encode_udwf(&self, node: &WindowUDF, buf: &mut Vec<u8>) -> Result<()> {
         self.inner.try_encode_udwf(node, buf)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A file version decodes to the same version: an executor reads the footers the
+    /// planner listed, not a neighbour's by a rounded mtime.
+    #[test]
+    fn file_versions_survive_encoding() {
+        let meta = ObjectMeta {
+            location: object_store::path::Path::from("docs/part-00.parquet"),
+            last_modified: timestamp_ns_to_datetime(1_764_806_400_123_456_789).unwrap().and_utc(),
+            size: 522_000_123,
+            e_tag: Some("\"5d41402abc4b2a76b9719d911017c592\"".into()),
+            version: Some("v7".into()),
+        };
+        let msg = FileMsg::decode(encode_meta(&meta).unwrap().encode_to_vec().as_slice()).unwrap();
+        assert_eq!(decode_file(&msg).unwrap(), meta);
+        let bare = ObjectMeta { e_tag: None, version: None, ..meta };
+        assert_eq!(decode_file(&encode_meta(&bare).unwrap()).unwrap(), bare);
     }
 }

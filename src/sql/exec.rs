@@ -440,7 +440,7 @@ impl Run {
     /// they matter, in the lookup itself.
     async fn read_planned(&self, key: Option<&str>, columns: &[String]) {
         let Some(versions) = &self.versions else { return };
-        let Some(store) = super::parts::store_of(self.spec.table.base(), &self.state) else { return };
+        let Some(store) = super::parts::store_of(self.spec.table.base(), &self.state.runtime_env()) else { return };
         let files: Vec<_> = versions.iter().map(|v| v.meta().clone()).collect();
         let footers = futures::future::try_join_all(files.iter().map(|f| footer(&store, f, &self.io, columns)));
         let keys = async {

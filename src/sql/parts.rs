@@ -15,6 +15,7 @@ use datafusion::catalog::TableProvider;
 use datafusion::common::Result;
 use datafusion::datasource::listing::{ListingTable, ListingTableConfig, ListingTableUrl};
 use datafusion::execution::context::SessionState;
+use datafusion::execution::runtime_env::RuntimeEnv;
 use object_store::ObjectMeta;
 
 use super::manifest::{self, IndexObject, IndexSet, ObjectVersion};
@@ -259,9 +260,9 @@ pub(crate) async fn parts(
 }
 
 /// The store of a table of files.
-pub(crate) fn store_of(base: &Arc<dyn TableProvider>, state: &SessionState) -> Option<Arc<dyn object_store::ObjectStore>> {
+pub(crate) fn store_of(base: &Arc<dyn TableProvider>, runtime: &RuntimeEnv) -> Option<Arc<dyn object_store::ObjectStore>> {
     let listing = (base.as_ref() as &dyn std::any::Any).downcast_ref::<ListingTable>()?;
-    state.runtime_env().object_store(listing.table_paths().first()?.object_store()).ok()
+    runtime.object_store(listing.table_paths().first()?.object_store()).ok()
 }
 
 /// `meta`'s path relative to the table's folder.
