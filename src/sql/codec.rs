@@ -144,12 +144,8 @@ fn encode_part(p: &Part) -> Result<PartMsg> {
         rows: p.rows,
         stale: p.stale as u64,
         listed: p.versions.is_some(),
-        versions: p.versions.iter().flat_map(|v| v.iter()).map(encode_file).collect::<Result<_>>()?,
+        versions: p.versions.iter().flat_map(|v| v.iter()).map(|v| encode_meta(v.meta())).collect::<Result<_>>()?,
     })
-}
-
-fn encode_file(v: &FileVersion) -> Result<FileMsg> {
-    encode_meta(v.meta())
 }
 
 fn encode_meta(m: &ObjectMeta) -> Result<FileMsg> {

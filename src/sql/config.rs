@@ -94,6 +94,11 @@ impl FaissConfig {
         options.extensions.get::<FaissConfig>().cloned().unwrap_or_default()
     }
 
+    /// The list-cache budget in bytes.
+    pub fn cache_bytes(&self) -> u64 {
+        self.cache_mb as u64 * 1024 * 1024
+    }
+
     /// The disk tier these settings name, if any.
     pub fn disk(&self) -> Option<crate::DiskCache> {
         (!self.disk_cache_dir.is_empty())

@@ -33,7 +33,7 @@ use futures::{StreamExt, TryStreamExt};
 use super::knn::IvfKnnNode;
 use super::node::{IvfTopKNode, TopK};
 use super::registry;
-use super::rows::footer::footer;
+use super::rows::footer::footers;
 use super::rows::{keys, passing, vectors, Listed, Located, TableIo};
 use super::parts::{self, Ids, Part};
 use super::table::{index_error, VectorTable};
@@ -332,14 +332,14 @@ struct Run {
 
 type Batches = futures::stream::BoxStream<'static, Result<RecordBatch>>;
 
-/// The index's candidates: ids (the part's), and their vectors where the index's copy
-/// serves; `ntotal` of the index searched.
 /// The table side of a row lookup, ready before the candidates are known.
 pub(super) struct Lookup {
     located: Located,
     keys: Option<Arc<keys::KeyMap>>,
 }
 
+/// The index's candidates: ids (the part's), and their vectors where the index's copy
+/// serves; `ntotal` of the index searched.
 struct Candidates {
     ids: Vec<i64>,
     vectors: Option<Vec<f32>>,
@@ -442,7 +442,7 @@ impl Run {
         let Some(versions) = &self.versions else { return };
         let Some(store) = super::parts::store_of(self.spec.table.base(), &self.state.runtime_env()) else { return };
         let files: Vec<_> = versions.iter().map(|v| v.meta().clone()).collect();
-        let footers = futures::future::try_join_all(files.iter().map(|f| footer(&store, f, &self.io, columns)));
+        let footers = footers(&store, &files, &self.io, columns);
         let keys = async {
             match key {
                 Some(name) => keys::key_map(&store, &files, name, &self.io).await.map(drop),

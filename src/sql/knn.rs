@@ -183,7 +183,7 @@ fn match_knn(predicate: &Expr, window: &Window, settings: &FaissConfig) -> Resul
         refine: if exact_codes(table.index_info()) { 1 } else { settings.refine_factor.max(1) },
         // The index's copy is the table's vector (IVF-Flat), as for the single search.
         vectors_from_index: exact_codes(table.index_info()) && !table.options().normalized,
-        cache_bytes: settings.cache_mb as u64 * 1024 * 1024,
+        cache_bytes: settings.cache_bytes(),
         disk: settings.disk(),
         table,
     };

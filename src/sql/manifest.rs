@@ -337,8 +337,7 @@ pub async fn record(state: &SessionState, store: &Arc<dyn ObjectStore>, files: V
     }
     let at = IndexLocation::resolve(index, runtime)?;
     let settings = super::config::FaissConfig::from_options(state.config_options());
-    let cache = settings.cache_mb as u64 * 1024 * 1024;
-    let opened = super::registry::open_current(&at, cache, settings.disk().as_ref()).await.map_err(|e| super::table::index_error(&at, e))?;
+    let opened = super::registry::open_current(&at, settings.cache_bytes(), settings.disk().as_ref()).await.map_err(|e| super::table::index_error(&at, e))?;
     let meta = at.head().await?;
     let manifest = Manifest::of_files(&meta, with_rows);
     let (ntotal, rows) = (opened.info().ntotal, manifest.rows());

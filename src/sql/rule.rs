@@ -117,7 +117,7 @@ fn match_top_k(order: &SortExpr, input: &LogicalPlan, k: usize, settings: &Faiss
         // An IVF-Flat code is the row's vector: when the query only ranks by it, the
         // index's copy serves, and the table's vector column is not read.
         vectors_from_index: exact_codes(table.index_info()) && !table.options().normalized && !vector_seen,
-        cache_bytes: settings.cache_mb as u64 * 1024 * 1024,
+        cache_bytes: settings.cache_bytes(),
         disk: settings.disk(),
         table,
     };

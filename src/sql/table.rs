@@ -76,9 +76,8 @@ impl VectorTable {
                 false => IndexLocation::resolve(&options.index, session.runtime_env())?,
             };
             let settings = FaissConfig::from_options(session.config_options());
-            let (cache, disk) = (settings.cache_mb as u64 * 1024 * 1024, settings.disk());
-            let index = registry::open_current(&location, cache, disk.as_ref()).await;
-            Ok((index.map_err(|e| index_error(&location, e)), location))
+            let index = registry::open_current(&location, settings.cache_bytes(), settings.disk().as_ref()).await;
+            Ok((index.map_err(|e| index_error(&location, e))?, location))
         };
         let (base, opened) = futures::join!(base, opening);
         let base = base?;
@@ -110,7 +109,6 @@ impl VectorTable {
             );
         }
         let (index, location) = opened?;
-        let index = index?;
         let info = index.info().clone();
         match schema.field(vector).data_type() {
             DataType::FixedSizeList(item, d) if item.data_type() == &DataType::Float32 => {

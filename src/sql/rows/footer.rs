@@ -18,6 +18,9 @@ use object_store::ObjectMeta;
 
 use super::reader::{FileReader, TableIo};
 
+/// Footers read at once.
+const FOOTERS_IN_FLIGHT: usize = 16;
+
 /// Column chunks whose page headers are walked at once.
 const WALKS_IN_FLIGHT: usize = 8;
 
@@ -106,7 +109,7 @@ impl std::hash::Hash for FileVersion {
 }
 
 /// Footers of every file version read so far, bounded in bytes.
-fn footers() -> &'static moka::future::Cache<FileVersion, Arc<Footer>> {
+fn cache() -> &'static moka::future::Cache<FileVersion, Arc<Footer>> {
     static CACHE: OnceLock<moka::future::Cache<FileVersion, Arc<Footer>>> = OnceLock::new();
     CACHE.get_or_init(|| {
         moka::future::Cache::builder()
@@ -126,7 +129,7 @@ pub(crate) async fn footer(
     columns: &[String],
 ) -> Result<Arc<Footer>> {
     let version = FileVersion::of(store, file);
-    let known = footers()
+    let known = cache()
         .try_get_with(version.clone(), read_footer(store.clone(), file.clone(), io.clone()))
         .await
         .map_err(DataFusionError::Shared)?;
@@ -135,9 +138,23 @@ pub(crate) async fn footer(
         return Ok(known);
     }
     let walked = Arc::new(walk(store, file, io, &known, &unsettled).await?);
-    footers().insert(version, walked.clone()).await;
+    cache().insert(version, walked.clone()).await;
     io.to_disk(disk_key(store, file), encode(file, &walked)).await;
     Ok(walked)
+}
+
+/// The [`footer`] of every file of `files`, in that order, several read at once.
+pub(crate) async fn footers(
+    store: &Arc<dyn object_store::ObjectStore>,
+    files: &[ObjectMeta],
+    io: &Arc<TableIo>,
+    columns: &[String],
+) -> Result<Vec<Arc<Footer>>> {
+    futures::stream::iter(files.iter().cloned())
+        .map(|file| async move { footer(store, &file, io, columns).await })
+        .buffered(FOOTERS_IN_FLIGHT)
+        .try_collect()
+        .await
 }
 
 /// Puts the footers the disk tier keeps of these versions of `files` into DataFusion's
@@ -145,7 +162,7 @@ pub(crate) async fn footer(
 pub(crate) async fn seed(store: &Arc<dyn object_store::ObjectStore>, files: &[ObjectMeta], io: &Arc<TableIo>) {
     for file in files {
         if let Some(footer) = from_disk(store, file, io).await {
-            footers().insert(FileVersion::of(store, file), Arc::new(footer)).await;
+            cache().insert(FileVersion::of(store, file), Arc::new(footer)).await;
         }
     }
 }

@@ -12,7 +12,7 @@ use datafusion::parquet::arrow::{ParquetRecordBatchStreamBuilder, ProjectionMask
 use futures::TryStreamExt;
 use object_store::{ObjectMeta, ObjectStore};
 
-use super::footer::footer;
+use super::footer::footers;
 use super::reader::{fetch_all_files, FileReader};
 use super::{FileVersion, TableIo, METADATA_BUDGET};
 
@@ -94,11 +94,12 @@ pub(crate) async fn key_map(
 }
 
 async fn read(store: &Arc<dyn ObjectStore>, files: &[ObjectMeta], key: &str, io: &Arc<TableIo>) -> Result<Arc<KeyMap>> {
-    let footers = futures::future::try_join_all(files.iter().map(|f| footer(store, f, io, &[]))).await?;
+    let footers = footers(store, files, io, &[]).await?;
     let names = [key.to_string()];
     let mut leaves = vec![];
+    // (file, byte range) of every key column chunk.
     let mut wanted = vec![];
-    for (file, footer) in files.iter().zip(&footers) {
+    for (f, (file, footer)) in files.iter().zip(&footers).enumerate() {
         let [leaf] = footer.leaves(&names)[..] else {
             return Err(DataFusionError::Plan(format!(
                 "key column '{key}' of {} is not one flat integer column",
@@ -108,26 +109,15 @@ async fn read(store: &Arc<dyn ObjectStore>, files: &[ObjectMeta], key: &str, io:
         leaves.push(leaf);
         for group in footer.plain.row_groups() {
             let (start, len) = group.column(leaf).byte_range();
-            wanted.push((file.location.clone(), start..start + len));
+            wanted.push((f, start..start + len));
         }
     }
-    let missing: Vec<usize> = (0..wanted.len()).filter(|&i| io.chunk(wanted[i].0.as_ref(), &wanted[i].1).is_none()).collect();
-    let fetched = fetch_all_files(store, missing.iter().map(|&i| wanted[i].clone()).collect(), io).await?;
-    let mut fetched = missing.into_iter().zip(fetched);
+    let ranges = wanted.iter().map(|(f, r)| (files[*f].location.clone(), r.clone())).collect();
     let mut chunks: Vec<Vec<(u64, bytes::Bytes)>> = vec![vec![]; files.len()];
-    let mut at = 0;
-    for (f, footer) in footers.iter().enumerate() {
-        for _ in footer.plain.row_groups() {
-            let (location, range) = &wanted[at];
-            let bytes = match io.chunk(location.as_ref(), range) {
-                Some(bytes) => bytes,
-                None => fetched.next().expect("fetched in order").1,
-            };
-            chunks[f].push((range.start, bytes));
-            at += 1;
-        }
-        chunks[f].sort_by_key(|(start, _)| *start);
+    for ((f, range), bytes) in wanted.into_iter().zip(fetch_all_files(store, ranges, io).await?) {
+        chunks[f].push((range.start, bytes));
     }
+    chunks.iter_mut().for_each(|c| c.sort_by_key(|(start, _)| *start));
     let mut pairs: Vec<(i64, u64)> = Vec::new();
     let mut position = 0u64;
     for ((file, footer), (leaf, chunks)) in files.iter().zip(&footers).zip(leaves.into_iter().zip(chunks)) {

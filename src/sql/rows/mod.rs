@@ -82,16 +82,7 @@ impl Listed {
 
     /// The footer of every file, from the cache or read.
     pub async fn locate(self, io: &Arc<TableIo>) -> Result<Located> {
-        let metas: Vec<object_store::ObjectMeta> = self.files.iter().map(|f| f.object_meta.clone()).collect();
-        let columns = self.columns();
-        let footers: Vec<Arc<Footer>> = futures::stream::iter(metas)
-            .map(|meta| {
-                let (store, io, columns) = (self.store.clone(), io.clone(), &columns);
-                async move { footer::footer(&store, &meta, &io, columns).await }
-            })
-            .buffered(16)
-            .try_collect()
-            .await?;
+        let footers = footer::footers(&self.store, &self.metas(), io, &self.columns()).await?;
         let mut starts = Vec::with_capacity(footers.len());
         let mut total = 0u64;
         for f in &footers {
@@ -99,6 +90,11 @@ impl Listed {
             total += f.rows();
         }
         Ok(Located { listed: self, footers, starts, total })
+    }
+
+    /// The files, in position order.
+    fn metas(&self) -> Vec<object_store::ObjectMeta> {
+        self.files.iter().map(|f| f.object_meta.clone()).collect()
     }
 
     /// Names of the columns the table was listed with.
@@ -164,7 +160,7 @@ impl Located {
 
     /// The files, in position order.
     pub fn files(&self) -> Vec<object_store::ObjectMeta> {
-        self.listed.files.iter().map(|f| f.object_meta.clone()).collect()
+        self.listed.metas()
     }
 
     /// The rows at `positions` (sorted, distinct, below [`rows`](Self::rows)), in that
@@ -209,18 +205,8 @@ impl Located {
         }
         // Every page of every file at once: the rows cost one round trip.
         let location = |f: usize| self.listed.files[f].object_meta.location.clone();
-        let mut fetched: Vec<Option<bytes::Bytes>> = wanted.iter().map(|(f, r)| io.chunk(location(*f).as_ref(), r)).collect();
-        let missing: Vec<usize> = (0..wanted.len()).filter(|&i| fetched[i].is_none()).collect();
-        let got = reader::fetch_all_files(
-            &self.listed.store,
-            missing.iter().map(|&i| (location(wanted[i].0), wanted[i].1.clone())).collect(),
-            io,
-        )
-        .await?;
-        for (i, bytes) in missing.into_iter().zip(got) {
-            fetched[i] = Some(bytes);
-        }
-        let fetched = fetched.into_iter().map(|b| b.expect("every range filled"));
+        let ranges = wanted.iter().map(|(f, r)| (location(*f), r.clone())).collect();
+        let fetched = reader::fetch_all_files(&self.listed.store, ranges, io).await?;
         let mut by_file: HashMap<usize, Vec<(u64, bytes::Bytes)>> = HashMap::new();
         for ((file, range), bytes) in wanted.into_iter().zip(fetched) {
             by_file.entry(file).or_default().push((range.start, bytes));

@@ -122,27 +122,34 @@ impl std::fmt::Debug for TableIo {
     }
 }
 
-/// Fetches every `(object, range)`, all at once (one wave), counted in `io`.
+/// Every `(object, range)`: from the chunks this query already read where they hold it,
+/// the rest fetched all at once (one wave), counted in `io`.
 pub(crate) async fn fetch_all_files(
     store: &Arc<dyn ObjectStore>,
     ranges: Vec<(object_store::path::Path, Range<u64>)>,
     io: &TableIo,
 ) -> Result<Vec<Bytes>> {
-    let bytes: u64 = ranges.iter().map(|(_, r)| r.end - r.start).sum();
-    let count = ranges.len();
-    let got: Vec<Bytes> = futures::stream::iter(ranges)
-        .map(|(location, range)| async move {
-            store.get_range(&location, range.clone()).await.map_err(|e| {
+    let mut out: Vec<Option<Bytes>> = ranges.iter().map(|(location, range)| io.chunk(location.as_ref(), range)).collect();
+    let missing: Vec<_> = ranges.into_iter().enumerate().filter(|(i, _)| out[*i].is_none()).collect();
+    let bytes: u64 = missing.iter().map(|(_, (_, r))| r.end - r.start).sum();
+    let count = missing.len();
+    let got: Vec<(usize, Bytes)> = futures::stream::iter(missing)
+        .map(|(i, (location, range))| async move {
+            let bytes = store.get_range(&location, range.clone()).await.map_err(|e| {
                 DataFusionError::External(
                     format!("reading {location} bytes {}..{}: {e}", range.start, range.end).into(),
                 )
-            })
+            })?;
+            Ok::<_, DataFusionError>((i, bytes))
         })
         .buffered(GETS_IN_FLIGHT)
         .try_collect()
         .await?;
     io.add(count, bytes);
-    Ok(got)
+    for (i, bytes) in got {
+        out[i] = Some(bytes);
+    }
+    Ok(out.into_iter().map(|b| b.expect("every range filled")).collect())
 }
 
 /// One Parquet file as the reader sees it: its footer (when known) and the byte
