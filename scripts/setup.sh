@@ -2,11 +2,12 @@
 # Installs what building, the demo and the tests need, idempotently: cmake and BLAS (the
 # build compiles FAISS from source), Debian's and pip's Python FAISS (other writers of
 # fixtures, and pip's FAISS as the report's reference), the Fashion-MNIST corpus, and
-# the SeaweedFS S3 server (in a venv under .work/).
+# the SeaweedFS S3 server (in a venv under .work/), and maturin, which builds the Python
+# wheel (patchelf lets it bundle the shared libraries the wheel needs).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-PACKAGES=(cmake make g++ libopenblas-dev python3-faiss python3-numpy python3-venv dataset-fashion-mnist fonts-dejavu-core curl)
+PACKAGES=(cmake make g++ libopenblas-dev python3-faiss python3-numpy python3-venv dataset-fashion-mnist fonts-dejavu-core curl patchelf)
 missing=()
 for p in "${PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -46,4 +47,11 @@ FAISS_CPU_VERSION=1.15.1
 if ! "$VENV/bin/python" -c "import faiss, sys; sys.exit(faiss.__version__ != '$FAISS_CPU_VERSION')" 2>/dev/null; then
   echo "setup: installing faiss-cpu $FAISS_CPU_VERSION"
   "$VENV/bin/pip" install -q --disable-pip-version-check "faiss-cpu==$FAISS_CPU_VERSION"
+fi
+
+MATURIN_VERSION=1.16.0
+if ! .work/maturin/bin/maturin --version 2>/dev/null | grep -qx "maturin $MATURIN_VERSION"; then
+  echo "setup: installing maturin $MATURIN_VERSION"
+  /usr/bin/python3 -m venv .work/maturin
+  .work/maturin/bin/pip install -q --disable-pip-version-check "maturin==$MATURIN_VERSION"
 fi

@@ -27,7 +27,7 @@ use datafusion::prelude::SessionContext;
 pub use config::FaissConfig;
 pub use exec::{IvfKnnExec, IvfTopKExec};
 pub use factory::FaissTableFactory;
-pub use search::DISTANCE_COLUMN;
+pub use search::{FaissSearch, DISTANCE_COLUMN};
 pub use table::{VectorTable, VectorTableOptions};
 
 /// Registers everything on `ctx`, keeping its catalogs, functions and settings: the

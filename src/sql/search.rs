@@ -25,8 +25,9 @@ use crate::Metric;
 /// Name of the distance column `faiss_search` adds to the table's columns.
 pub const DISTANCE_COLUMN: &str = "_distance";
 
+/// The `faiss_search` table function.
 #[derive(Debug)]
-pub(crate) struct FaissSearch;
+pub struct FaissSearch;
 
 impl TableFunctionImpl for FaissSearch {
     fn call_with_args(&self, args: TableFunctionArgs) -> Result<Arc<dyn TableProvider>> {

@@ -1,0 +1,111 @@
+//! What runs in this library rather than in datafusion-python's: a tokio runtime (this
+//! library has its own copy of tokio, whose reactor the host's threads do not drive),
+//! the object stores of `AWS_*` and friends (the host's registry does not cross FFI),
+//! and sessions rebuilt from the host's with our settings read out of its FFI options.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, LazyLock};
+
+use datafusion::catalog::Session;
+use datafusion::common::config::{ExtensionOptions, DATAFUSION_FFI_CONFIG_NAMESPACE};
+use datafusion::common::{DataFusionError, Result};
+use datafusion::execution::context::SessionState;
+use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
+use datafusion::execution::session_state::SessionStateBuilder;
+use datafusion::execution::{TaskContext, TaskContextProvider};
+use datafusion::prelude::{SessionConfig, SessionContext};
+use datafusion_faiss::sql::FaissConfig;
+use datafusion_faiss::stores::EnvStores;
+use datafusion_ffi::config::extension_options::FFI_ExtensionOptions;
+use tokio::runtime::{Handle, Runtime};
+
+static RUNTIME: LazyLock<Runtime> = LazyLock::new(|| {
+    tokio::runtime::Builder::new_multi_thread()
+        .thread_name("datafusion-faiss")
+        .enable_all()
+        .build()
+        .expect("a tokio runtime")
+});
+
+/// One runtime environment for the process, so the file-metadata and list caches of one
+/// query serve the next.
+static ENV: LazyLock<Arc<RuntimeEnv>> = LazyLock::new(|| {
+    RuntimeEnvBuilder::new()
+        .with_object_store_registry(Arc::new(EnvStores::default()))
+        .build_arc()
+        .expect("a runtime environment")
+});
+
+/// Answers the FFI codecs' requests for a task context when they decode on our side.
+static TASKS: LazyLock<Arc<SessionContext>> = LazyLock::new(|| {
+    let ctx = SessionContext::new_with_config_rt(SessionConfig::new(), ENV.clone());
+    datafusion_faiss::sql::register_sql(&ctx);
+    Arc::new(ctx)
+});
+
+pub fn runtime() -> Handle {
+    RUNTIME.handle().clone()
+}
+
+/// Runs `work` on our runtime, whose reactor its I/O needs, and waits for it from the
+/// host's.
+pub async fn run<T: Send + 'static>(work: impl Future<Output = Result<T>> + Send + 'static) -> Result<T> {
+    RUNTIME.spawn(work).await.map_err(|e| DataFusionError::External(Box::new(e)))?
+}
+
+pub fn tasks() -> Arc<dyn TaskContextProvider> {
+    TASKS.clone()
+}
+
+pub fn env() -> Arc<RuntimeEnv> {
+    ENV.clone()
+}
+
+/// `config` with `faiss.*` as our settings. The host keeps them among its FFI options,
+/// which reach us with its namespace in front (`datafusion_ffi.faiss.nprobe`); a value
+/// the host took unchecked is checked here.
+pub fn config(mut config: SessionConfig) -> Result<SessionConfig> {
+    let mut faiss = FaissConfig::from_options(config.options());
+    if let Some(ffi) = config.options().extensions.get::<FFI_ExtensionOptions>() {
+        for entry in ffi.entries() {
+            let key = entry.key.strip_prefix(DATAFUSION_FFI_CONFIG_NAMESPACE).and_then(|k| k.strip_prefix('.'));
+            if let (Some(name), Some(value)) = (key.unwrap_or(&entry.key).strip_prefix("faiss."), &entry.value) {
+                faiss.set(name, value).map_err(|e| e.context(format!("setting faiss.{name} = '{value}'")))?;
+            }
+        }
+    }
+    config.options_mut().extensions.insert(faiss);
+    Ok(config)
+}
+
+/// A session of ours standing for the host's: its settings and catalogs, our stores,
+/// DataFusion's functions and formats with the extension registered.
+pub fn session(host: &dyn Session) -> Result<SessionState> {
+    // A default catalog made here would replace the host's, tables and all.
+    let settings = config(host.config().clone())?.with_create_default_catalog_and_schema(false);
+    let ctx = SessionContext::new_with_state(
+        SessionStateBuilder::new()
+            .with_config(settings)
+            .with_runtime_env(ENV.clone())
+            .with_default_features()
+            .with_catalog_list(host.catalog_list())
+            .build(),
+    );
+    datafusion_faiss::sql::register_all(&ctx);
+    Ok(ctx.state())
+}
+
+/// The host's task context with our settings and stores.
+pub fn task(ctx: &TaskContext) -> Result<Arc<TaskContext>> {
+    Ok(Arc::new(TaskContext::new(
+        ctx.task_id(),
+        ctx.session_id(),
+        config(ctx.session_config().clone())?,
+        ctx.scalar_functions().clone(),
+        HashMap::new(),
+        ctx.aggregate_functions().clone(),
+        ctx.window_functions().clone(),
+        ENV.clone(),
+    )))
+}

@@ -1,0 +1,178 @@
+//! The query planner datafusion-python calls through FFI. The host optimizes a plan,
+//! encodes it and hands it over; we run the index rewrites on it, plan it physically with
+//! the index scans, and hand back one node that runs the whole plan here, with our
+//! stores and runtime.
+//!
+//! Across the boundary everything goes by handle: tables the host could not encode
+//! (ours, its in-memory ones) and the planned node are kept in a table of this process
+//! and their number travels. Both sides are one process, and the plan is decoded once.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock, Mutex};
+
+use async_trait::async_trait;
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::catalog::{Session, TableProvider};
+use datafusion::common::tree_node::TreeNodeRecursion;
+use datafusion::common::{internal_datafusion_err, internal_err, Result, TableReference};
+use datafusion::execution::context::QueryPlanner;
+use datafusion::execution::{SendableRecordBatchStream, TaskContext};
+use datafusion::logical_expr::{Extension, LogicalPlan};
+use datafusion::physical_expr::PhysicalExpr;
+use datafusion::physical_plan::metrics::MetricsSet;
+use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan, PlanProperties};
+use datafusion_proto::logical_plan::LogicalExtensionCodec;
+use datafusion_proto::physical_plan::{PhysicalExtensionCodec, PhysicalProtoConverterExtension};
+
+use crate::local;
+
+#[derive(Debug)]
+pub struct Planner;
+
+#[async_trait]
+impl QueryPlanner for Planner {
+    async fn create_physical_plan(&self, plan: &LogicalPlan, session: &dyn Session) -> Result<Arc<dyn ExecutionPlan>> {
+        let state = local::session(session)?;
+        let plan = plan.clone();
+        let planned = local::run(async move { state.create_physical_plan(&plan).await }).await?;
+        Ok(Arc::new(Here(planned)))
+    }
+}
+
+/// A whole physical plan run in this library: the host sees a leaf.
+#[derive(Debug)]
+struct Here(Arc<dyn ExecutionPlan>);
+
+impl DisplayAs for Here {
+    fn fmt_as(&self, t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
+        self.0.fmt_as(t, f)
+    }
+}
+
+impl ExecutionPlan for Here {
+    fn name(&self) -> &str {
+        self.0.name()
+    }
+
+    fn properties(&self) -> &Arc<PlanProperties> {
+        self.0.properties()
+    }
+
+    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
+        vec![]
+    }
+
+    fn apply_expressions(
+        &self,
+        f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> Result<TreeNodeRecursion>,
+    ) -> Result<TreeNodeRecursion> {
+        self.0.apply_expressions(f)
+    }
+
+    fn with_new_children(self: Arc<Self>, children: Vec<Arc<dyn ExecutionPlan>>) -> Result<Arc<dyn ExecutionPlan>> {
+        match children.is_empty() {
+            true => Ok(self),
+            false => internal_err!("{} runs in datafusion-faiss and takes no children", self.0.name()),
+        }
+    }
+
+    fn execute(&self, partition: usize, context: Arc<TaskContext>) -> Result<SendableRecordBatchStream> {
+        self.0.execute(partition, local::task(&context)?)
+    }
+
+    fn metrics(&self) -> Option<MetricsSet> {
+        self.0.metrics()
+    }
+}
+
+enum Held {
+    Table(Arc<dyn TableProvider>),
+    Plan(Arc<dyn ExecutionPlan>),
+}
+
+static HELD: LazyLock<Mutex<HashMap<u64, Held>>> = LazyLock::new(Default::default);
+static NEXT: AtomicU64 = AtomicU64::new(1);
+const TAG: &[u8; 8] = b"dff-held";
+
+fn hold(item: Held, buf: &mut Vec<u8>) {
+    let id = NEXT.fetch_add(1, Ordering::Relaxed);
+    HELD.lock().expect("handle table poisoned").insert(id, item);
+    buf.extend_from_slice(TAG);
+    buf.extend_from_slice(&id.to_le_bytes());
+}
+
+fn take(buf: &[u8]) -> Result<Held> {
+    let id = buf
+        .strip_prefix(TAG)
+        .and_then(|id| <[u8; 8]>::try_from(id).ok())
+        .map(u64::from_le_bytes)
+        .ok_or_else(|| internal_datafusion_err!("not a datafusion-faiss handle ({} bytes)", buf.len()))?;
+    HELD.lock()
+        .expect("handle table poisoned")
+        .remove(&id)
+        .ok_or_else(|| internal_datafusion_err!("datafusion-faiss handle {id} was already decoded"))
+}
+
+/// Tables and plans by handle; functions by name (DataFusion's default).
+#[derive(Debug)]
+pub struct Handles;
+
+impl LogicalExtensionCodec for Handles {
+    fn try_decode(&self, _buf: &[u8], _inputs: &[LogicalPlan], _ctx: &TaskContext) -> Result<Extension> {
+        internal_err!("datafusion-faiss planner: no logical extension nodes cross FFI")
+    }
+
+    fn try_encode(&self, node: &Extension, _buf: &mut Vec<u8>) -> Result<()> {
+        internal_err!("datafusion-faiss planner: cannot take the plan node {}", node.node.name())
+    }
+
+    fn try_decode_table_provider(
+        &self,
+        buf: &[u8],
+        _table_ref: &TableReference,
+        _schema: SchemaRef,
+        _ctx: &TaskContext,
+    ) -> Result<Arc<dyn TableProvider>> {
+        match take(buf)? {
+            Held::Table(table) => Ok(table),
+            Held::Plan(_) => internal_err!("datafusion-faiss handle: a plan where a table was expected"),
+        }
+    }
+
+    fn try_encode_table_provider(
+        &self,
+        _table_ref: &TableReference,
+        node: Arc<dyn TableProvider>,
+        buf: &mut Vec<u8>,
+    ) -> Result<()> {
+        hold(Held::Table(node), buf);
+        Ok(())
+    }
+}
+
+impl PhysicalExtensionCodec for Handles {
+    fn try_decode(
+        &self,
+        buf: &[u8],
+        _inputs: &[Arc<dyn ExecutionPlan>],
+        _ctx: &TaskContext,
+        _proto_converter: &dyn PhysicalProtoConverterExtension,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        match take(buf)? {
+            Held::Plan(plan) => Ok(plan),
+            Held::Table(_) => internal_err!("datafusion-faiss handle: a table where a plan was expected"),
+        }
+    }
+
+    fn try_encode(
+        &self,
+        node: Arc<dyn ExecutionPlan>,
+        buf: &mut Vec<u8>,
+        _proto_converter: &dyn PhysicalProtoConverterExtension,
+    ) -> Result<()> {
+        hold(Held::Plan(node), buf);
+        Ok(())
+    }
+}

@@ -1,0 +1,260 @@
+"""datafusion_faiss from datafusion-python 55, as a user has it: Parquet written by
+pyarrow's defaults, indexes written by pip's faiss-cpu, local and on the project's
+SeaweedFS server. Every search is compared with the exact plan (faiss.enabled = false)
+at nprobe = nlist, where the index scan must give the same rows."""
+
+from __future__ import annotations
+
+import os
+import pathlib
+
+import faiss
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+import datafusion_faiss as dff
+
+DIM, ROWS, NLIST = 16, 3000, 16
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+
+
+def vectors(n: int, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal((n, DIM)).astype("float32")
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> dict:
+    """One Parquet file (shuffled keys, two languages) and two pip-FAISS indexes of it:
+    by key (add_with_ids) and by position (add)."""
+    folder = tmp_path_factory.mktemp("docs")
+    x = vectors(ROWS, 1)
+    ids = np.random.default_rng(2).permutation(ROWS).astype("int64") * 7 + 3
+    table = pa.table(
+        {
+            "id": ids,
+            "lang": ["en" if i % 3 else "de" for i in range(ROWS)],
+            "title": [f"doc {i}" for i in ids],
+            "embedding": pa.FixedSizeListArray.from_arrays(pa.array(x.ravel()), DIM),
+        }
+    )
+    pq.write_table(table, folder / "docs.parquet")
+    keyed = faiss.index_factory(DIM, f"IVF{NLIST},Flat")
+    keyed.train(x)
+    keyed.add_with_ids(x, ids)
+    faiss.write_index(keyed, str(folder / "keyed.faiss"))
+    positions = faiss.index_factory(DIM, f"IVF{NLIST},Flat")
+    positions.train(x)
+    positions.add(x)
+    faiss.write_index(positions, str(folder / "positions.faiss"))
+    return {"folder": folder, "x": x, "ids": ids, "keyed": keyed}
+
+
+def create(ctx, name: str, data_url: str, index_url: str, key: str | None = "id") -> None:
+    options = f"'index' '{index_url}', 'vector' 'embedding'" + (f", 'key' '{key}'" if key else "")
+    ctx.sql(f"CREATE EXTERNAL TABLE {name} STORED AS FAISS LOCATION '{data_url}' OPTIONS ({options})").collect()
+
+
+def rows(ctx, sql: str) -> list[dict]:
+    return ctx.sql(sql).to_arrow_table().to_pylist()
+
+
+def exact(ctx, sql: str) -> list[dict]:
+    ctx.sql("SET faiss.enabled = false").collect()
+    try:
+        return rows(ctx, sql)
+    finally:
+        ctx.sql("SET faiss.enabled = true").collect()
+
+
+def plan(ctx, sql: str) -> str:
+    return "\n".join(ctx.sql("EXPLAIN " + sql).to_arrow_table().column("plan").to_pylist())
+
+
+def literal(q: np.ndarray) -> str:
+    return "'[" + ", ".join(repr(float(v)) for v in q) + "]'"
+
+
+@pytest.fixture()
+def ctx(data):
+    ctx = dff.context()
+    folder = data["folder"]
+    create(ctx, "docs", str(folder / "docs.parquet"), str(folder / "keyed.faiss"))
+    create(ctx, "docs_positions", str(folder / "docs.parquet"), str(folder / "positions.faiss"), key=None)
+    ctx.sql(f"SET faiss.nprobe = {NLIST}").collect()
+    return ctx
+
+
+def test_import_names_the_datafusion_it_was_built_for():
+    assert dff._internal.DATAFUSION_MAJOR == 55
+    assert dff._internal.FAISS.split()[0].count(".") == 2  # e.g. "1.12.0 (avx2)"
+
+
+@pytest.mark.parametrize("table", ["docs", "docs_positions"])
+def test_sql_top_k_is_an_index_scan_equal_to_the_exact_plan(ctx, table):
+    q = vectors(1, 10)[0]
+    sql = (
+        f"SELECT id, title, vec_distance(embedding, {literal(q)}) AS d FROM {table} "
+        f"WHERE lang = 'en' ORDER BY d, id LIMIT 10"
+    )
+    assert "IvfTopKExec" in plan(ctx, sql)
+    got = rows(ctx, sql)
+    assert len(got) == 10
+    assert got == exact(ctx, sql)
+
+
+def test_results_equal_faiss_own_search(ctx, data):
+    q = vectors(1, 11)
+    data["keyed"].nprobe = NLIST
+    distances, labels = data["keyed"].search(q, 10)
+    got = rows(ctx, f"SELECT id, l2_distance_squared(embedding, {literal(q[0])}) AS d FROM docs ORDER BY d LIMIT 10")
+    assert [r["id"] for r in got] == labels[0].tolist()
+    assert np.allclose([r["d"] for r in got], distances[0], rtol=1e-5)
+
+
+def test_settings_are_read_by_the_index_scan(ctx):
+    q = vectors(1, 12)[0]
+    sql = f"SELECT id, vec_distance(embedding, {literal(q)}) AS d FROM docs ORDER BY d LIMIT 5"
+    ctx.sql("SET faiss.nprobe = 3").collect()
+    assert "nprobe=3" in plan(ctx, sql)
+    ctx.sql("SET faiss.nprobe = 7").collect()
+    assert "nprobe=7" in plan(ctx, sql)
+
+
+def test_faiss_search_equals_the_exact_plan(ctx):
+    q = vectors(1, 13)[0]
+    sql = f"SELECT id, title, _distance FROM faiss_search('docs', {literal(q)}, 10)"
+    assert "IvfTopKExec" in plan(ctx, sql)
+    assert rows(ctx, sql) == exact(ctx, sql)
+
+
+def test_batch_join_is_an_index_scan_equal_to_the_exact_plan(ctx):
+    queries = vectors(5, 14)
+    ctx.register_record_batches(
+        "queries",
+        [[pa.record_batch([pa.array(range(5)), pa.FixedSizeListArray.from_arrays(pa.array(queries.ravel()), DIM)], names=["qid", "vec"])]],
+    )
+    sql = (
+        "SELECT qid, id, dist FROM (SELECT q.qid, d.id, vec_distance(d.embedding, q.vec) AS dist, "
+        "row_number() OVER (PARTITION BY q.qid ORDER BY vec_distance(d.embedding, q.vec), d.id) AS r "
+        "FROM queries q CROSS JOIN docs d WHERE d.lang = 'en') WHERE r <= 4 ORDER BY qid, r"
+    )
+    assert "IvfKnnExec" in plan(ctx, sql)
+    got = rows(ctx, sql)
+    assert len(got) == 20
+    assert got == exact(ctx, sql)
+
+
+def test_search_api_equals_the_sql_exact_plan(ctx, data):
+    folder = data["folder"]
+    table = dff.open_table(str(folder / "docs.parquet"), str(folder / "keyed.faiss"), vector="embedding", key="id")
+    assert table.metric == "l2" and table.dimension == DIM and table.nlist == NLIST
+    q = vectors(1, 15)[0]
+    search = table.search(q).where("lang = 'en'").select(["id", "title"]).nprobe(NLIST).limit(10)
+    assert "IvfTopKExec" in search.explain()
+    got = search.to_arrow()
+    assert got.column_names == ["id", "title", "_distance"]
+    want = exact(
+        ctx,
+        f"SELECT id, title, vec_distance(embedding, {literal(q)}) AS _distance FROM docs "
+        f"WHERE lang = 'en' ORDER BY _distance, id LIMIT 10",
+    )
+    assert got.to_pylist() == want
+    # A Python list is a query too.
+    assert table.search(q.tolist()).where("lang = 'en'").select(["id", "title"]).nprobe(NLIST).to_arrow() == got
+
+
+def test_search_api_batch(ctx, data):
+    folder = data["folder"]
+    table = dff.open_table(str(folder / "docs.parquet"), str(folder / "keyed.faiss"), vector="embedding", key="id")
+    queries = vectors(3, 16)
+    search = table.search(queries).select(["id"]).nprobe(NLIST).limit(5)
+    assert "IvfKnnExec" in search.explain()
+    got = search.to_arrow()
+    assert got.column_names == ["query_index", "id", "_distance"]
+    assert got.column("query_index").to_pylist() == [0] * 5 + [1] * 5 + [2] * 5
+    for i, q in enumerate(queries):
+        want = exact(ctx, f"SELECT id, vec_distance(embedding, {literal(q)}) AS d FROM docs ORDER BY d, id LIMIT 5")
+        mine = [r for r in got.to_pylist() if r["query_index"] == i]
+        assert [r["id"] for r in mine] == [r["id"] for r in want]
+        assert [r["_distance"] for r in mine] == [r["d"] for r in want]
+
+
+def test_wrong_dimension_is_a_clear_error(ctx, data):
+    short = "'[0.5, 0.25]'"
+    with pytest.raises(Exception, match="dimension"):
+        rows(ctx, f"SELECT id, vec_distance(embedding, {short}) AS d FROM docs ORDER BY d LIMIT 3")
+    folder = data["folder"]
+    table = dff.open_table(str(folder / "docs.parquet"), str(folder / "keyed.faiss"), vector="embedding", key="id")
+    with pytest.raises(ValueError, match="dimensions"):
+        table.search([0.5, 0.25])
+
+
+def test_corrupt_and_missing_files_are_clear_errors(data, tmp_path):
+    folder = data["folder"]
+    raw = (folder / "keyed.faiss").read_bytes()
+    (tmp_path / "cut.faiss").write_bytes(raw[: len(raw) // 3])
+    ctx = dff.context()
+    with pytest.raises(Exception, match="cut.faiss"):
+        create(ctx, "cut", str(folder / "docs.parquet"), str(tmp_path / "cut.faiss"))
+    with pytest.raises(Exception, match="nothing.faiss"):
+        create(ctx, "missing", str(folder / "docs.parquet"), str(tmp_path / "nothing.faiss"))
+    (tmp_path / "junk.faiss").write_bytes(b"IwFl" + b"\xff" * 200)
+    with pytest.raises(Exception, match="junk.faiss"):
+        create(ctx, "junk", str(folder / "docs.parquet"), str(tmp_path / "junk.faiss"))
+
+
+def s3_settings() -> dict | None:
+    env = ROOT / ".work" / "s3" / "env"
+    if not env.exists():
+        return None
+    return dict(line.split("=", 1) for line in env.read_text().split())
+
+
+def test_s3(data):
+    s3 = s3_settings()
+    if s3 is None:
+        pytest.fail("the S3 test server is not running (scripts/s3.sh start)")
+    os.environ.update(
+        AWS_ENDPOINT=s3["DFF_S3_ENDPOINT"],
+        AWS_ACCESS_KEY_ID=s3["DFF_S3_KEY"],
+        AWS_SECRET_ACCESS_KEY=s3["DFF_S3_SECRET"],
+        AWS_REGION="us-east-1",
+        AWS_ALLOW_HTTP="true",
+    )
+    from pyarrow import fs
+
+    store = fs.S3FileSystem(
+        access_key=s3["DFF_S3_KEY"],
+        secret_key=s3["DFF_S3_SECRET"],
+        endpoint_override=s3["DFF_S3_ENDPOINT"],
+        scheme="http",
+        region="us-east-1",
+    )
+    prefix = f"{s3['DFF_S3_BUCKET']}/python-{os.getpid()}"
+    for name in ["docs.parquet", "keyed.faiss"]:
+        with store.open_output_stream(f"{prefix}/{name}") as out:
+            out.write((data["folder"] / name).read_bytes())
+    ctx = dff.context()
+    create(ctx, "docs", f"s3://{prefix}/docs.parquet", f"s3://{prefix}/keyed.faiss")
+    ctx.sql(f"SET faiss.nprobe = {NLIST}").collect()
+    q = vectors(1, 17)[0]
+    sql = f"SELECT id, vec_distance(embedding, {literal(q)}) AS d FROM docs WHERE lang = 'de' ORDER BY d, id LIMIT 10"
+    assert "IvfTopKExec" in plan(ctx, sql)
+    assert rows(ctx, sql) == exact(ctx, sql)
+    # Explicit options instead of the environment: a store of its own for the bucket.
+    for name in ["AWS_ENDPOINT", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"]:
+        del os.environ[name]
+    dff.register_store(
+        f"s3://{s3['DFF_S3_BUCKET']}",
+        aws_endpoint=s3["DFF_S3_ENDPOINT"],
+        aws_access_key_id=s3["DFF_S3_KEY"],
+        aws_secret_access_key=s3["DFF_S3_SECRET"],
+        aws_region="us-east-1",
+        aws_allow_http="true",
+    )
+    table = dff.open_table(f"s3://{prefix}/docs.parquet", f"s3://{prefix}/keyed.faiss", vector="embedding", key="id")
+    assert table.search(q).where("lang = 'de'").select(["id"]).nprobe(NLIST).to_arrow().column("id").to_pylist() == [
+        r["id"] for r in rows(ctx, sql)
+    ]

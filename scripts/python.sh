@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# The Python tests, as a user gets the package: builds the wheel (maturin, the shared
+# libraries it needs bundled), installs it into a new venv with only PyPI packages, runs
+# python/tests (S3 on the server scripts/s3.sh started) and the README's Python quick
+# start from the repository root. scripts/test.sh runs it after the Rust tests, whose
+# build it reuses (same features, same profile as their dependencies).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+[ -f "$HOME/.cargo/env" ] && . "$HOME/.cargo/env"
+
+PROFILE=${DFF_WHEEL_PROFILE:-dev}
+rm -rf .work/wheels
+.work/maturin/bin/maturin build --quiet -m python/Cargo.toml --profile "$PROFILE" --auditwheel repair --out .work/wheels
+wheel=$(ls .work/wheels/*.whl)
+echo "python: built $(basename "$wheel") ($(du -h "$wheel" | cut -f1))"
+
+VENV=.work/python-test
+rm -rf "$VENV"
+/usr/bin/python3 -m venv "$VENV"
+"$VENV/bin/pip" install -q --disable-pip-version-check "$wheel" "datafusion==55.0.0" "pyarrow==26.0.1" numpy "faiss-cpu==1.15.1" pytest
+"$VENV/bin/python" -m pytest -q python/tests
+
+# The README's first python block, as a reader would paste it.
+awk '/^```python$/ {on = 1; next} on && /^```$/ {exit} on' README.md > .work/quickstart.py
+[ -s .work/quickstart.py ] || { echo "python: README has no python block" >&2; exit 1; }
+"$VENV/bin/python" .work/quickstart.py
