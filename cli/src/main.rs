@@ -1,56 +1,11 @@
 //! `datafusion-faiss`: build, inspect and search FAISS IVF indexes kept on object storage.
 
-mod build;
-mod demo;
-mod inspect;
-mod query;
-mod sql;
-mod stores;
-
-use std::sync::OnceLock;
-
-use clap::{Parser, Subcommand};
-use stores::{context, parse_url, CliResult, Location};
-
-#[derive(Parser)]
-#[command(name = "datafusion-faiss", version = version(), about)]
-struct Args {
-    #[command(subcommand)]
-    command: Command,
-}
-
-#[derive(Subcommand)]
-enum Command {
-    /// Record a table's Parquet files, as they are now, as what an index was built from
-    /// (for an index written elsewhere, e.g. by pip's faiss-cpu, from exactly those rows).
-    Attach(build::AttachArgs),
-    /// Train and fill an IVF index from a Parquet table or a SQL query and publish it.
-    Build(build::BuildArgs),
-    /// The main job on local files: Fashion-MNIST as Parquet, indexed, queried by SQL.
-    Demo(demo::DemoArgs),
-    /// Describe an index file, reading only its header.
-    Inspect(inspect::InspectArgs),
-    /// Run SQL with the extension registered.
-    Sql(query::SqlArgs),
-}
-
-/// This binary's version and the FAISS the library was linked with.
-fn version() -> &'static str {
-    static VERSION: OnceLock<String> = OnceLock::new();
-    VERSION.get_or_init(|| format!("{}, FAISS {}", env!("CARGO_PKG_VERSION"), datafusion_faiss::faiss_build()))
-}
+use clap::Parser;
+use datafusion_faiss_cli::{run, Args};
 
 #[tokio::main]
 async fn main() {
-    let args = Args::parse();
-    let result = match args.command {
-        Command::Attach(a) => build::attach(a).await,
-        Command::Build(a) => build::run(a).await,
-        Command::Demo(a) => demo::run(a).await,
-        Command::Inspect(a) => inspect::run(a).await,
-        Command::Sql(a) => query::run(a).await,
-    };
-    if let Err(e) = result {
+    if let Err(e) = run(Args::parse().command).await {
         // One line, whatever the error's own layout.
         eprintln!("error: {}", e.to_string().split_whitespace().collect::<Vec<_>>().join(" "));
         std::process::exit(1);

@@ -16,6 +16,11 @@ pub type CliResult<T = ()> = Result<T, Box<dyn std::error::Error + Send + Sync>>
 
 static STORES: LazyLock<Arc<EnvStores>> = LazyLock::new(Default::default);
 
+/// The stores every command goes through, for a front end to share (and add to).
+pub fn stores() -> Arc<EnvStores> {
+    STORES.clone()
+}
+
 /// A session with the extension registered and the binary's stores.
 pub fn context() -> CliResult<SessionContext> {
     let runtime = RuntimeEnvBuilder::new().with_object_store_registry(STORES.clone()).build_arc()?;

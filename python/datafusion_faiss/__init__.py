@@ -18,7 +18,7 @@ from datafusion import SessionConfig, SessionContext
 
 from . import _internal
 
-__all__ = ["context", "register", "register_store", "settings", "open_table", "VectorTable", "Query"]
+__all__ = ["build", "context", "register", "register_store", "settings", "open_table", "VectorTable", "Query"]
 
 _host_major = int(datafusion.__version__.split(".")[0])
 if _host_major != _internal.DATAFUSION_MAJOR:
@@ -69,6 +69,47 @@ def register_store(url: str, **options: str) -> None:
     ``aws_allow_http``, ...) instead of the ``AWS_*`` variables. Every context of the
     process reads that bucket through it."""
     _internal.register_store(url, {k: str(v) for k, v in options.items()})
+
+
+def build(
+    output: str,
+    input: str | None = None,
+    *,
+    query: str | None = None,
+    tables: dict[str, str] | None = None,
+    key: str = "id",
+    positions: bool = False,
+    vector: str = "embedding",
+    factory: str = "IVF1024,Flat",
+    metric: str = "l2",
+    train_size: int | None = None,
+    seed: int = 1,
+    per_file: bool = False,
+    update: bool = False,
+) -> None:
+    """Trains and fills an index of ``input`` (a Parquet file or folder) or of ``query``'s
+    rows and writes it to ``output`` (a path or any store's URL), as ``datafusion-faiss
+    build`` does with the same options: ``positions`` numbers vectors by row as
+    ``index.add`` does, ``per_file`` writes one index per file of a folder, ``update``
+    a delta of the files the index does not cover. Progress goes to stderr; the GIL is
+    released while FAISS trains and adds, and Ctrl-C stops the build."""
+    argv = ["--output", output, "--vector", vector, "--metric", metric, "--seed", str(seed)]
+    if input is not None:
+        argv += ["--input", input]
+    if query is not None:
+        argv += ["--query", query]
+    for name, url in (tables or {}).items():
+        argv += ["--table", f"{name}={url}"]
+    argv += ["--positions"] if positions else ["--key", key]
+    if not update:
+        argv += ["--factory", factory]
+        if train_size is not None:
+            argv += ["--train-size", str(train_size)]
+    if per_file:
+        argv.append("--per-file")
+    if update:
+        argv.append("--update")
+    _internal.build(argv)
 
 
 def context(config: SessionConfig | None = None, runtime: Any = None) -> SessionContext:

@@ -242,18 +242,27 @@ impl Codecs {
 /// lists, vectors, as the search API chooses its distance from it.
 #[pyfunction]
 fn index_info(py: Python<'_>, url: &str) -> PyResult<(String, usize, usize, u64, String)> {
-    let open = async {
+    let url = url.to_string();
+    let open = async move {
         let url = ListingTableUrl::parse(url)?;
         let store = local::env().object_store(url.object_store())?;
         let index = IvfIndex::open(store, url.prefix()).await.map_err(|e| DataFusionError::External(Box::new(e)))?;
         Ok::<_, DataFusionError>(index.info().clone())
     };
-    let info = py.detach(|| local::runtime().block_on(open)).map_err(|e| PyRuntimeError::new_err(e.to_string()))?;
+    let info = local::block(py, open)?.map_err(|e| PyRuntimeError::new_err(e.to_string()))?;
     let metric = match info.metric {
         Metric::L2 => "l2",
         Metric::InnerProduct => "inner_product",
     };
     Ok((metric.into(), info.dimension, info.nlist, info.ntotal, info.description))
+}
+
+/// `datafusion-faiss build` with `argv` (what follows `build` on the command line):
+/// trains and fills an index, showing progress on stderr, without the GIL.
+#[pyfunction]
+fn build(py: Python<'_>, argv: Vec<String>) -> PyResult<()> {
+    let built = local::block(py, datafusion_faiss_cli::build(argv))?;
+    built.map_err(|e| PyRuntimeError::new_err(e.to_string()))
 }
 
 /// Serves `url`'s scheme and bucket (or host) with a store made from explicit options
@@ -276,6 +285,7 @@ fn _internal(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(functions, m)?)?;
     m.add_function(wrap_pyfunction!(index_info, m)?)?;
     m.add_function(wrap_pyfunction!(register_store, m)?)?;
+    m.add_function(wrap_pyfunction!(build, m)?)?;
     m.add_class::<Function>()?;
     m.add_class::<SearchFunction>()?;
     m.add_class::<TableFactory>()?;

@@ -1,11 +1,13 @@
 //! What runs in this library rather than in datafusion-python's: a tokio runtime (this
 //! library has its own copy of tokio, whose reactor the host's threads do not drive),
-//! the object stores of `AWS_*` and friends (the host's registry does not cross FFI),
+//! the object stores of `AWS_*` and friends, shared with the command line's `build` (the
+//! host's registry does not cross FFI),
 //! and sessions rebuilt from the host's with our settings read out of its FFI options.
 
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::{Arc, LazyLock};
+use std::time::Duration;
 
 use datafusion::catalog::Session;
 use datafusion::common::config::{ExtensionOptions, DATAFUSION_FFI_CONFIG_NAMESPACE};
@@ -16,8 +18,9 @@ use datafusion::execution::session_state::SessionStateBuilder;
 use datafusion::execution::{TaskContext, TaskContextProvider};
 use datafusion::prelude::{SessionConfig, SessionContext};
 use datafusion_faiss::sql::FaissConfig;
-use datafusion_faiss::stores::EnvStores;
 use datafusion_ffi::config::extension_options::FFI_ExtensionOptions;
+use pyo3::exceptions::PyRuntimeError;
+use pyo3::{PyResult, Python};
 use tokio::runtime::{Handle, Runtime};
 
 static RUNTIME: LazyLock<Runtime> = LazyLock::new(|| {
@@ -32,7 +35,7 @@ static RUNTIME: LazyLock<Runtime> = LazyLock::new(|| {
 /// query serve the next.
 static ENV: LazyLock<Arc<RuntimeEnv>> = LazyLock::new(|| {
     RuntimeEnvBuilder::new()
-        .with_object_store_registry(Arc::new(EnvStores::default()))
+        .with_object_store_registry(datafusion_faiss_cli::stores::stores())
         .build_arc()
         .expect("a runtime environment")
 });
@@ -46,6 +49,20 @@ static TASKS: LazyLock<Arc<SessionContext>> = LazyLock::new(|| {
 
 pub fn runtime() -> Handle {
     RUNTIME.handle().clone()
+}
+
+/// Runs `work` on our runtime with the GIL released, looking for Ctrl-C every 50 ms: a
+/// `KeyboardInterrupt` cancels it.
+pub fn block<T: Send + 'static>(py: Python<'_>, work: impl Future<Output = T> + Send + 'static) -> PyResult<T> {
+    let task = RUNTIME.spawn(work);
+    while !task.is_finished() {
+        if let Err(interrupt) = py.check_signals() {
+            task.abort();
+            return Err(interrupt);
+        }
+        py.detach(|| std::thread::sleep(Duration::from_millis(50)));
+    }
+    py.detach(|| RUNTIME.block_on(task)).map_err(|e| PyRuntimeError::new_err(e.to_string()))
 }
 
 /// Runs `work` on our runtime, whose reactor its I/O needs, and waits for it from the

@@ -205,6 +205,26 @@ def test_corrupt_and_missing_files_are_clear_errors(data, tmp_path):
         create(ctx, "junk", str(folder / "docs.parquet"), str(tmp_path / "junk.faiss"))
 
 
+def test_build_from_python_equals_faiss_and_the_exact_plan(data, tmp_path):
+    folder = data["folder"]
+    dff.build(str(tmp_path / "built.faiss"), str(folder / "docs.parquet"), key="id", factory=f"IVF{NLIST},Flat")
+    assert (tmp_path / "built.faiss.json").exists()  # the manifest of the files it covers
+    index = faiss.read_index(str(tmp_path / "built.faiss"))
+    assert index.ntotal == ROWS and index.nlist == NLIST
+    ctx = dff.context()
+    create(ctx, "built", str(folder / "docs.parquet"), str(tmp_path / "built.faiss"))
+    ctx.sql(f"SET faiss.nprobe = {NLIST}").collect()
+    q = vectors(1, 18)
+    index.nprobe = NLIST
+    _, labels = index.search(q, 10)
+    sql = f"SELECT id, vec_distance(embedding, {literal(q[0])}) AS d FROM built ORDER BY d, id LIMIT 10"
+    got = rows(ctx, sql)
+    assert [r["id"] for r in got] == labels[0].tolist()
+    assert got == exact(ctx, sql)
+    with pytest.raises(RuntimeError, match="nope"):
+        dff.build(str(tmp_path / "x.faiss"), str(folder / "docs.parquet"), vector="nope")
+
+
 def s3_settings() -> dict | None:
     env = ROOT / ".work" / "s3" / "env"
     if not env.exists():
