@@ -9,7 +9,9 @@ cd "$(dirname "$0")/.."
 [ -f "$HOME/.cargo/env" ] && . "$HOME/.cargo/env"
 
 PROFILE=${DFF_WHEEL_PROFILE:-dev}
-rm -rf .work/wheels
+# maturin repairs the module in target/maturin in place; a second run over a module
+# cargo did not rebuild would find it repaired already, its libraries renamed, and fail.
+rm -rf .work/wheels target/maturin
 .work/maturin/bin/maturin build --quiet -m python/Cargo.toml --profile "$PROFILE" --auditwheel repair --out .work/wheels
 wheel=$(ls .work/wheels/*.whl)
 echo "python: built $(basename "$wheel") ($(du -h "$wheel" | cut -f1))"

@@ -198,6 +198,8 @@ class Query:
         self._limit = 10
         self._settings: dict[str, int] = {}
         self._distance = table.metric
+        # A batch's queries are a table of the context while the search runs.
+        self._queries = f"{table.name}_queries_{next(_names)}"
 
     def where(self, predicate: str) -> "Query":
         self._where.append(predicate)
@@ -270,7 +272,6 @@ class Query:
             ctx.sql(f"SET faiss.{name} = {value}").collect()
         if not self._batch:
             return ctx.sql(sql_of()).to_arrow_table()
-        self._queries = f"{self._table.name}_queries_{next(_names)}"
         vectors = pa.array(self._rows, type=pa.list_(pa.float32(), self._table.dimension))
         batch = pa.record_batch(
             [pa.array(range(len(self._rows)), type=pa.int64()), vectors], names=["query_index", "_query_vector"]

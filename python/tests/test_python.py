@@ -170,6 +170,7 @@ def test_search_api_batch(ctx, data):
     table = dff.open_table(str(folder / "docs.parquet"), str(folder / "keyed.faiss"), vector="embedding", key="id")
     queries = vectors(3, 16)
     search = table.search(queries).select(["id"]).nprobe(NLIST).limit(5)
+    assert "CROSS JOIN" in search.to_sql()
     assert "IvfKnnExec" in search.explain()
     got = search.to_arrow()
     assert got.column_names == ["query_index", "id", "_distance"]
