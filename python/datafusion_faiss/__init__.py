@@ -146,7 +146,6 @@ class VectorTable:
         self.name = name or f"faiss_table_{next(_names)}"
         self.vector = vector
         self.key = key
-        self.metric, self.dimension, self.nlist, self.ntotal, self.description = _internal.index_info(index)
         options = {"index": index, "vector": vector, "normalized": str(normalized).lower()}
         if key:
             options["key"] = key
@@ -156,6 +155,8 @@ class VectorTable:
             f"LOCATION {_literal(data)} OPTIONS ({listed})"
         ).collect()
         self.schema: pa.Schema = self.ctx.table(self.name).schema()
+        # After CREATE, which opened the index: its header is not read again.
+        self.metric, self.dimension, self.nlist, self.ntotal, self.description = _internal.index_info(index)
 
     def search(self, query: Any) -> "Query":
         """The nearest rows to ``query``: one vector (a NumPy array or a list) or a 2-D

@@ -12,11 +12,10 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use datafusion::catalog::{Session, TableFunctionArgs, TableFunctionImpl, TableProvider, TableProviderFactory};
 use datafusion::common::config::ExtensionOptions;
-use datafusion::common::{DataFusionError, Result};
-use datafusion::datasource::listing::ListingTableUrl;
+use datafusion::common::Result;
 use datafusion::logical_expr::{CreateExternalTable, ScalarUDF};
 use datafusion_faiss::sql::{FaissConfig, FaissSearch, FaissTableFactory};
-use datafusion_faiss::{IvfIndex, Metric};
+use datafusion_faiss::Metric;
 use datafusion_ffi::config::extension_options::FFI_ExtensionOptions;
 use datafusion_ffi::proto::logical_extension_codec::FFI_LogicalExtensionCodec;
 use datafusion_ffi::proto::physical_extension_codec::FFI_PhysicalExtensionCodec;
@@ -239,16 +238,12 @@ impl Codecs {
 }
 
 /// The header of the index at `url` (a path or any store's URL): metric, dimension,
-/// lists, vectors, as the search API chooses its distance from it.
+/// lists, vectors, as the search API chooses its distance from it. Taken from the index
+/// the table's CREATE opened, so it costs no read.
 #[pyfunction]
 fn index_info(py: Python<'_>, url: &str) -> PyResult<(String, usize, usize, u64, String)> {
     let url = url.to_string();
-    let open = async move {
-        let url = ListingTableUrl::parse(url)?;
-        let store = local::env().object_store(url.object_store())?;
-        let index = IvfIndex::open(store, url.prefix()).await.map_err(|e| DataFusionError::External(Box::new(e)))?;
-        Ok::<_, DataFusionError>(index.info().clone())
-    };
+    let open = async move { datafusion_faiss::sql::index_info(&url, &local::env(), &FaissConfig::default()).await };
     let info = local::block(py, open)?.map_err(|e| PyRuntimeError::new_err(e.to_string()))?;
     let metric = match info.metric {
         Metric::L2 => "l2",

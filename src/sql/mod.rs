@@ -52,6 +52,21 @@ pub fn register_all(ctx: &SessionContext) {
     register_sql(ctx);
 }
 
+/// The header of the index at `url` (a URL or a local path, against `runtime`'s stores),
+/// from the indexes vector tables opened: a front end describing a table's index reads
+/// nothing more (an index no table opened is opened header-only).
+pub async fn index_info(
+    url: &str,
+    runtime: &datafusion::execution::runtime_env::RuntimeEnv,
+    settings: &FaissConfig,
+) -> datafusion::common::Result<crate::IndexInfo> {
+    let at = registry::IndexLocation::resolve(url, runtime)?;
+    let index = registry::open(&at, settings.cache_bytes(), settings.disk().as_ref())
+        .await
+        .map_err(|e| datafusion::common::DataFusionError::External(Box::new(e)))?;
+    Ok(index.info().clone())
+}
+
 /// What a session needs to plan SQL naming the extension's functions and tables, without
 /// the rewrite and its planner: the distance functions, `faiss_search`, `STORED AS FAISS`
 /// and `faiss.*` settings. For a client whose plans are optimized and run elsewhere (a
