@@ -11,7 +11,7 @@ cd "$(dirname "$0")/.."
 PROFILE=${DFF_WHEEL_PROFILE:-dev}
 # maturin repairs the module in target/maturin in place; a second run over a module
 # cargo did not rebuild would find it repaired already, its libraries renamed, and fail.
-rm -rf .work/wheels target/maturin
+rm -rf .work/wheels "${CARGO_TARGET_DIR:-target}/maturin"
 .work/maturin/bin/maturin build --quiet -m python/Cargo.toml --profile "$PROFILE" --auditwheel repair --out .work/wheels
 wheel=$(ls .work/wheels/*.whl)
 echo "python: built $(basename "$wheel") ($(du -h "$wheel" | cut -f1))"
