@@ -269,19 +269,26 @@ class Query:
 
     def _run(self, sql_of: Any) -> pa.Table:
         ctx = self._table.ctx
-        for name, value in self._settings.items():
-            ctx.sql(f"SET faiss.{name} = {value}").collect()
-        if not self._batch:
-            return ctx.sql(sql_of()).to_arrow_table()
-        vectors = pa.array(self._rows, type=pa.list_(pa.float32(), self._table.dimension))
-        batch = pa.record_batch(
-            [pa.array(range(len(self._rows)), type=pa.int64()), vectors], names=["query_index", "_query_vector"]
-        )
-        ctx.register_record_batches(self._queries, [[batch]])
+        # nprobe and refine_factor hold for this search alone: the context's own values
+        # are put back after it.
+        before = {name: ctx.sql(f"SHOW faiss.{name}").to_pydict()["value"][0] for name in self._settings}
         try:
-            return ctx.sql(sql_of()).to_arrow_table()
+            for name, value in self._settings.items():
+                ctx.sql(f"SET faiss.{name} = {value}").collect()
+            if not self._batch:
+                return ctx.sql(sql_of()).to_arrow_table()
+            vectors = pa.array(self._rows, type=pa.list_(pa.float32(), self._table.dimension))
+            batch = pa.record_batch(
+                [pa.array(range(len(self._rows)), type=pa.int64()), vectors], names=["query_index", "_query_vector"]
+            )
+            ctx.register_record_batches(self._queries, [[batch]])
+            try:
+                return ctx.sql(sql_of()).to_arrow_table()
+            finally:
+                ctx.deregister_table(self._queries)
         finally:
-            ctx.deregister_table(self._queries)
+            for name, value in before.items():
+                ctx.sql(f"SET faiss.{name} = {value}").collect()
 
     def to_arrow(self) -> pa.Table:
         """The table's selected columns and ``_distance`` (and ``query_index`` first for a

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import os
 import pathlib
+import subprocess
+import sys
 
 import faiss
 import numpy as np
@@ -165,6 +167,16 @@ def test_search_api_equals_the_sql_exact_plan(ctx, data):
     assert table.search(q.tolist()).where("lang = 'en'").select(["id", "title"]).nprobe(NLIST).to_arrow() == got
 
 
+def test_search_settings_hold_for_that_search_alone(data):
+    folder = data["folder"]
+    table = dff.open_table(str(folder / "docs.parquet"), str(folder / "keyed.faiss"), vector="embedding", key="id")
+    table.ctx.sql("SET faiss.nprobe = 5").collect()
+    q = vectors(1, 19)[0]
+    assert "nprobe=9 " in table.search(q).nprobe(9).refine_factor(3).explain()
+    assert "nprobe=5 " in table.search(q).explain()
+    assert table.ctx.sql("SHOW faiss.refine_factor").to_pydict()["value"] == ["4"]
+
+
 def test_search_api_batch(ctx, data):
     folder = data["folder"]
     table = dff.open_table(str(folder / "docs.parquet"), str(folder / "keyed.faiss"), vector="embedding", key="id")
@@ -224,6 +236,30 @@ def test_build_from_python_equals_faiss_and_the_exact_plan(data, tmp_path):
     assert got == exact(ctx, sql)
     with pytest.raises(RuntimeError, match="nope"):
         dff.build(str(tmp_path / "x.faiss"), str(folder / "docs.parquet"), vector="nope")
+
+
+INTERRUPTED = """
+import os, signal, sys, threading
+import datafusion_faiss as dff
+
+ctx = dff.context()
+endless = "WITH RECURSIVE t(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM t) SELECT count(*) FROM t"
+# Whenever it lands, the interrupt finds the query running: it has no end.
+threading.Timer(1.0, lambda: os.kill(os.getpid(), signal.SIGINT)).start()
+try:
+    ctx.sql(endless).collect()
+except KeyboardInterrupt:
+    print("interrupted;", ctx.sql("SELECT 41 + 1 AS x").to_pydict()["x"])
+"""
+
+
+def test_ctrl_c_cancels_a_query():
+    # In a process of its own: a query Ctrl-C did not cancel would never end.
+    try:
+        done = subprocess.run([sys.executable, "-c", INTERRUPTED], capture_output=True, text=True, timeout=300)
+    except subprocess.TimeoutExpired:
+        pytest.fail("Ctrl-C did not cancel the query")
+    assert done.stdout.strip() == "interrupted; [42]", done.stderr
 
 
 def s3_settings() -> dict | None:
