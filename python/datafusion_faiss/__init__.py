@@ -113,8 +113,10 @@ def build(
 
 
 def context(config: SessionConfig | None = None, runtime: Any = None) -> SessionContext:
-    """A new ``SessionContext`` with the ``faiss.*`` settings and the extension."""
-    return register(SessionContext(settings(config), runtime))
+    """A new ``SessionContext`` with the ``faiss.*`` settings and the extension. Without
+    ``config``, information_schema is on, as in datafusion-python's own default, so
+    ``SHOW faiss.nprobe`` works."""
+    return register(SessionContext(settings(config or SessionConfig().with_information_schema(True)), runtime))
 
 
 def _quote(name: str) -> str:
@@ -180,6 +182,17 @@ def _vectors(query: Any) -> tuple[list[list[float]], bool]:
     batch = bool(query) and isinstance(query[0], (list, tuple))
     rows = [list(map(float, q)) for q in query] if batch else [list(map(float, query))]
     return rows, batch
+
+
+def _setting(ctx: SessionContext, name: str) -> str:
+    try:
+        return ctx.sql(f"SHOW faiss.{name}").to_pydict()["value"][0]
+    except Exception as e:
+        raise ValueError(
+            f"{name}() reads the context's faiss.{name} to put it back after the search, and SHOW needs "
+            f"information_schema (SessionConfig().with_information_schema(True), as datafusion_faiss.context() "
+            f"makes it): {e}"
+        ) from e
 
 
 class Query:
@@ -271,7 +284,7 @@ class Query:
         ctx = self._table.ctx
         # nprobe and refine_factor hold for this search alone: the context's own values
         # are put back after it.
-        before = {name: ctx.sql(f"SHOW faiss.{name}").to_pydict()["value"][0] for name in self._settings}
+        before = {name: _setting(ctx, name) for name in self._settings}
         try:
             for name, value in self._settings.items():
                 ctx.sql(f"SET faiss.{name} = {value}").collect()

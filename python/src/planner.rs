@@ -22,9 +22,11 @@ use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::logical_expr::{Extension, LogicalPlan};
 use datafusion::physical_expr::PhysicalExpr;
 use datafusion::physical_plan::metrics::MetricsSet;
+use datafusion::physical_plan::stream::RecordBatchReceiverStreamBuilder;
 use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan, PlanProperties};
 use datafusion_proto::logical_plan::LogicalExtensionCodec;
 use datafusion_proto::physical_plan::{PhysicalExtensionCodec, PhysicalProtoConverterExtension};
+use futures::StreamExt;
 
 use crate::local;
 
@@ -78,8 +80,26 @@ impl ExecutionPlan for Here {
         }
     }
 
+    /// Runs the partition in a task of our runtime and hands its batches over a channel.
+    /// Polled from the host's threads, the plan would never yield (tokio's cooperative
+    /// budget, which makes DataFusion's streams yield, belongs to our runtime's tasks):
+    /// an endless query would then keep the host from seeing Ctrl-C. Dropping the
+    /// stream aborts the task.
     fn execute(&self, partition: usize, context: Arc<TaskContext>) -> Result<SendableRecordBatchStream> {
-        self.0.execute(partition, local::task(&context)?)
+        let (plan, context) = (self.0.clone(), local::task(&context)?);
+        let _runtime = local::runtime().enter();
+        let mut channel = RecordBatchReceiverStreamBuilder::new(plan.schema(), 2);
+        let tx = channel.tx();
+        channel.spawn(async move {
+            let mut batches = plan.execute(partition, context)?;
+            while let Some(batch) = batches.next().await {
+                if tx.send(batch).await.is_err() {
+                    break;
+                }
+            }
+            Ok(())
+        });
+        Ok(channel.build())
     }
 
     fn metrics(&self) -> Option<MetricsSet> {

@@ -244,6 +244,8 @@ import datafusion_faiss as dff
 
 ctx = dff.context()
 endless = "WITH RECURSIVE t(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM t) SELECT count(*) FROM t"
+# As in a terminal, whatever this test runs under (a background job ignores SIGINT).
+signal.signal(signal.SIGINT, signal.default_int_handler)
 # Whenever it lands, the interrupt finds the query running: it has no end.
 threading.Timer(1.0, lambda: os.kill(os.getpid(), signal.SIGINT)).start()
 try:
