@@ -38,9 +38,10 @@ impl Cluster {
     /// A scheduler and `executors` executors (2 cores each), with `env` set.
     pub fn start(executors: usize, env: &[(&str, String)]) -> Cluster {
         let logs = tempfile::tempdir().unwrap();
-        let log = |name: &str| Stdio::from(std::fs::File::create(logs.path().join(name)).unwrap());
+        let dir = logs.path().to_path_buf();
+        let log = |name: &str| Stdio::from(std::fs::File::create(dir.join(name)).unwrap());
         let port = free_port();
-        let mut children = vec![];
+        let mut cluster = Cluster { children: vec![], logs, port };
         let scheduler = Command::new(env!("CARGO_BIN_EXE_datafusion-faiss-scheduler"))
             .envs(env.iter().map(|(k, v)| (k, v)))
             .args(["--bind-host", "127.0.0.1", "--external-host", "127.0.0.1", "--bind-port"])
@@ -49,9 +50,16 @@ impl Cluster {
             .stderr(log("scheduler.err"))
             .spawn()
             .unwrap();
-        children.push(scheduler);
+        cluster.children.push(scheduler);
+        // An executor gives up at once on a scheduler that does not listen yet.
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if let Ok(Some(status)) = cluster.children[0].try_wait() {
+                panic!("the Ballista scheduler exited before listening on {port}: {status}");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
         for e in 0..executors {
-            let work = logs.path().join(format!("work-{e}"));
+            let work = dir.join(format!("work-{e}"));
             std::fs::create_dir_all(&work).unwrap();
             let executor = Command::new(env!("CARGO_BIN_EXE_datafusion-faiss-executor"))
                 .envs(env.iter().map(|(k, v)| (k, v)))
@@ -66,9 +74,9 @@ impl Cluster {
                 .stderr(log(&format!("executor-{e}.err")))
                 .spawn()
                 .unwrap();
-            children.push(executor);
+            cluster.children.push(executor);
         }
-        Cluster { children, logs, port }
+        cluster
     }
 
     /// A client session, once the cluster runs jobs (scheduler up, executors registered).
