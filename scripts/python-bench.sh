@@ -7,14 +7,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 [ -f "$HOME/.cargo/env" ] && . "$HOME/.cargo/env"
 scripts/setup.sh
-TARGET=${CARGO_TARGET_DIR:-target}
-rm -rf .work/bench/wheel "$TARGET/maturin"
-.work/maturin/bin/maturin build --quiet --release --strip -m python/Cargo.toml --auditwheel repair --out .work/bench/wheel
-cargo build --release -p datafusion-faiss-cli -p datafusion-faiss-python
-wheel=$(ls .work/bench/wheel/*.whl)
 VENV=.work/bench/python
-rm -rf "$VENV"
-/usr/bin/python3 -m venv "$VENV"
-"$VENV/bin/pip" install -q --disable-pip-version-check "$wheel" "datafusion==55.0.0" "pyarrow==26.0.1" numpy "faiss-cpu==1.15.1"
+scripts/wheel.sh .work/bench/wheel "$VENV" --release --strip
+cargo build --release -p datafusion-faiss-cli -p datafusion-faiss-python
 mkdir -p .work/bench
-"$VENV/bin/python" python/benches/overhead.py "$TARGET/release/datafusion-faiss" "$wheel" .work/bench
+"$VENV/bin/python" python/benches/overhead.py "${CARGO_TARGET_DIR:-target}/release/datafusion-faiss" .work/bench/wheel/*.whl .work/bench

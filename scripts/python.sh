@@ -8,18 +8,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 [ -f "$HOME/.cargo/env" ] && . "$HOME/.cargo/env"
 
-PROFILE=${DFF_WHEEL_PROFILE:-dev}
-# maturin repairs the module in target/maturin in place; a second run over a module
-# cargo did not rebuild would find it repaired already, its libraries renamed, and fail.
-rm -rf .work/wheels "${CARGO_TARGET_DIR:-target}/maturin"
-.work/maturin/bin/maturin build --quiet -m python/Cargo.toml --profile "$PROFILE" --auditwheel repair --out .work/wheels
-wheel=$(ls .work/wheels/*.whl)
-echo "python: built $(basename "$wheel") ($(du -h "$wheel" | cut -f1))"
-
 VENV=.work/python-test
-rm -rf "$VENV"
-/usr/bin/python3 -m venv "$VENV"
-"$VENV/bin/pip" install -q --disable-pip-version-check "$wheel" "datafusion==55.0.0" "pyarrow==26.0.1" numpy "faiss-cpu==1.15.1" pytest
+scripts/wheel.sh .work/wheels "$VENV" --profile "${DFF_WHEEL_PROFILE:-dev}"
+"$VENV/bin/pip" install -q --disable-pip-version-check pytest
 "$VENV/bin/python" -m pytest -q python/tests
 
 # The README's first python block, as a reader would paste it.
