@@ -131,7 +131,14 @@ _names = itertools.count()
 
 
 class VectorTable:
-    """A Parquet table and its FAISS index, searched by ``search``."""
+    """A Parquet table and its FAISS index, searched by ``search``.
+
+    Searches plan and run in a session of this library, not through datafusion-python
+    (whose FFI costs milliseconds a query); their ``where`` may use DataFusion's functions
+    and this library's, not UDFs registered on a context. ``ctx`` (a datafusion-python
+    context, made on first use when not given) has the same table under ``name`` for SQL,
+    reading the same open index. ``nprobe`` and ``refine_factor`` are the table's defaults
+    for its searches; a context's ``SET faiss.*`` is that context's."""
 
     def __init__(
         self,
@@ -143,22 +150,42 @@ class VectorTable:
         normalized: bool = False,
         ctx: SessionContext | None = None,
         name: str | None = None,
+        nprobe: int | None = None,
+        refine_factor: int | None = None,
     ) -> None:
-        self.ctx = ctx or context()
         self.name = name or f"faiss_table_{next(_names)}"
         self.vector = vector
         self.key = key
+        self.settings = {k: str(int(v)) for k, v in (("nprobe", nprobe), ("refine_factor", refine_factor)) if v is not None}
+        self._engine = _internal.Engine()
         options = {"index": index, "vector": vector, "normalized": str(normalized).lower()}
         if key:
             options["key"] = key
         listed = ", ".join(f"{_literal(k)} {_literal(v)}" for k, v in options.items())
-        self.ctx.sql(
+        self._engine.sql(
             f"CREATE EXTERNAL TABLE {_quote(self.name)} STORED AS FAISS "
             f"LOCATION {_literal(data)} OPTIONS ({listed})"
-        ).collect()
-        self.schema: pa.Schema = self.ctx.table(self.name).schema()
+        )
+        self.schema: pa.Schema = self._sql(f"SELECT * FROM {_quote(self.name)} LIMIT 0").schema
         # After CREATE, which opened the index: its header is not read again.
         self.metric, self.dimension, self.nlist, self.ntotal, self.description = _internal.index_info(index)
+        self._ctx = None
+        if ctx is not None:
+            self._lend(ctx)
+
+    def _sql(self, sql: str, settings: dict[str, str] | None = None, tables: dict[str, Any] | None = None) -> pa.Table:
+        return pa.RecordBatchReader.from_stream(self._engine.sql(sql, settings, tables)).read_all()
+
+    def _lend(self, ctx: SessionContext) -> None:
+        ctx.register_table(self.name, self._engine.table(self.name))
+        self._ctx = ctx
+
+    @property
+    def ctx(self) -> SessionContext:
+        """The datafusion-python context holding this table under ``name``."""
+        if self._ctx is None:
+            self._lend(context())
+        return self._ctx
 
     def search(self, query: Any) -> "Query":
         """The nearest rows to ``query``: one vector (a NumPy array or a list) or a 2-D
@@ -182,17 +209,6 @@ def _vectors(query: Any) -> tuple[list[list[float]], bool]:
     batch = bool(query) and isinstance(query[0], (list, tuple))
     rows = [list(map(float, q)) for q in query] if batch else [list(map(float, query))]
     return rows, batch
-
-
-def _setting(ctx: SessionContext, name: str) -> str:
-    try:
-        return ctx.sql(f"SHOW faiss.{name}").to_pydict()["value"][0]
-    except Exception as e:
-        raise ValueError(
-            f"{name}() reads the context's faiss.{name} to put it back after the search, and SHOW needs "
-            f"information_schema (SessionConfig().with_information_schema(True), as datafusion_faiss.context() "
-            f"makes it): {e}"
-        ) from e
 
 
 class Query:
@@ -280,38 +296,24 @@ class Query:
         outer = ", ".join(["query_index"] + [_quote(c) for c in columns] + ["_distance"])
         return f"SELECT {outer} FROM ({inner}) WHERE _rank <= {self._limit} ORDER BY query_index, _rank"
 
-    def _run(self, sql_of: Any) -> pa.Table:
-        ctx = self._table.ctx
-        # nprobe and refine_factor hold for this search alone: the context's own values
-        # are put back after it.
-        before = {name: _setting(ctx, name) for name in self._settings}
-        try:
-            for name, value in self._settings.items():
-                ctx.sql(f"SET faiss.{name} = {value}").collect()
-            if not self._batch:
-                return ctx.sql(sql_of()).to_arrow_table()
-            vectors = pa.array(self._rows, type=pa.list_(pa.float32(), self._table.dimension))
-            batch = pa.record_batch(
-                [pa.array(range(len(self._rows)), type=pa.int64()), vectors], names=["query_index", "_query_vector"]
-            )
-            ctx.register_record_batches(self._queries, [[batch]])
-            try:
-                return ctx.sql(sql_of()).to_arrow_table()
-            finally:
-                ctx.deregister_table(self._queries)
-        finally:
-            for name, value in before.items():
-                ctx.sql(f"SET faiss.{name} = {value}").collect()
+    def _run(self, sql: str) -> pa.Table:
+        t = self._table
+        settings = {**t.settings, **{k: str(v) for k, v in self._settings.items()}}
+        if not self._batch:
+            return t._sql(sql, settings)
+        vectors = pa.array(self._rows, type=pa.list_(pa.float32(), t.dimension))
+        queries = pa.table([pa.array(range(len(self._rows)), type=pa.int64()), vectors], names=["query_index", "_query_vector"])
+        return t._sql(sql, settings, {self._queries: queries})
 
     def to_arrow(self) -> pa.Table:
         """The table's selected columns and ``_distance`` (and ``query_index`` first for a
         batch), nearest first."""
-        return self._run(self.to_sql)
+        return self._run(self.to_sql())
 
     def to_pandas(self) -> Any:
         return self.to_arrow().to_pandas()
 
     def explain(self) -> str:
         """EXPLAIN of the search: names the index scan when it is one."""
-        table = self._run(lambda: "EXPLAIN " + self.to_sql())
+        table = self._run("EXPLAIN " + self.to_sql())
         return "\n".join(table.column("plan").to_pylist())

@@ -2,6 +2,7 @@
 //! them from another library, as FFI capsules. `datafusion_faiss/__init__.py` registers
 //! them on a `SessionContext` and builds the search API on top.
 
+mod engine;
 mod local;
 mod planner;
 
@@ -287,5 +288,8 @@ fn _internal(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Settings>()?;
     m.add_class::<QueryPlanner>()?;
     m.add_class::<Codecs>()?;
+    m.add_class::<engine::Engine>()?;
+    m.add_class::<engine::Batches>()?;
+    m.add_class::<engine::Table>()?;
     Ok(())
 }

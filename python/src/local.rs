@@ -51,18 +51,22 @@ pub fn runtime() -> Handle {
     RUNTIME.handle().clone()
 }
 
-/// Runs `work` on our runtime with the GIL released, looking for Ctrl-C every 50 ms: a
-/// `KeyboardInterrupt` cancels it.
+/// Runs `work` on our runtime with the GIL released, waking every 50 ms (or when it
+/// is done) to look for Ctrl-C: a `KeyboardInterrupt` cancels it.
 pub fn block<T: Send + 'static>(py: Python<'_>, work: impl Future<Output = T> + Send + 'static) -> PyResult<T> {
-    let task = RUNTIME.spawn(work);
-    while !task.is_finished() {
-        if let Err(interrupt) = py.check_signals() {
-            task.abort();
-            return Err(interrupt);
+    let mut task = RUNTIME.spawn(work);
+    loop {
+        let waited = py.detach(|| RUNTIME.block_on(async { tokio::time::timeout(Duration::from_millis(50), &mut task).await }));
+        match waited {
+            Ok(done) => return done.map_err(|e| PyRuntimeError::new_err(e.to_string())),
+            Err(_) => {
+                if let Err(interrupt) = py.check_signals() {
+                    task.abort();
+                    return Err(interrupt);
+                }
+            }
         }
-        py.detach(|| std::thread::sleep(Duration::from_millis(50)));
     }
-    py.detach(|| RUNTIME.block_on(task)).map_err(|e| PyRuntimeError::new_err(e.to_string()))
 }
 
 /// Runs `work` on our runtime, whose reactor its I/O needs, and waits for it from the
@@ -96,20 +100,39 @@ pub fn config(mut config: SessionConfig) -> Result<SessionConfig> {
     Ok(config)
 }
 
-/// A session of ours standing for the host's: its settings and catalogs, our stores,
-/// DataFusion's functions and formats with the extension registered.
-pub fn session(host: &dyn Session) -> Result<SessionState> {
-    // A default catalog made here would replace the host's, tables and all.
-    let settings = config(host.config().clone())?.with_create_default_catalog_and_schema(false);
+/// DataFusion's functions and formats with the extension registered, built once: a
+/// build registers every function anew, a millisecond or more per query.
+static TEMPLATE: LazyLock<SessionState> = LazyLock::new(|| {
     let ctx = SessionContext::new_with_state(
         SessionStateBuilder::new()
-            .with_config(settings)
+            .with_config(SessionConfig::new().with_create_default_catalog_and_schema(false))
             .with_runtime_env(ENV.clone())
             .with_default_features()
-            .with_catalog_list(host.catalog_list())
             .build(),
     );
     datafusion_faiss::sql::register_all(&ctx);
+    ctx.state()
+});
+
+/// A session of ours standing for the host's in planning: its settings, our stores,
+/// DataFusion's functions and the extension. Its tables come with the plan.
+pub fn planner_session(host: &dyn Session) -> Result<SessionState> {
+    let mut state = TEMPLATE.clone();
+    *state.config_mut() = config(host.config().clone())?;
+    Ok(state)
+}
+
+/// [`planner_session`] with the host's catalogs, for what names a table (`faiss_search`).
+pub fn session(host: &dyn Session) -> Result<SessionState> {
+    let settings = config(host.config().clone())?.with_create_default_catalog_and_schema(false);
+    let ctx = SessionContext::new_with_state(
+        SessionStateBuilder::new_from_existing(TEMPLATE.clone())
+            .with_config(settings)
+            .with_catalog_list(host.catalog_list())
+            .build(),
+    );
+    // The rebuild registered every function under each of its names again.
+    datafusion_faiss::sql::register_sql(&ctx);
     Ok(ctx.state())
 }
 

@@ -36,7 +36,7 @@ pub struct Planner;
 #[async_trait]
 impl QueryPlanner for Planner {
     async fn create_physical_plan(&self, plan: &LogicalPlan, session: &dyn Session) -> Result<Arc<dyn ExecutionPlan>> {
-        let state = local::session(session)?;
+        let state = local::planner_session(session)?;
         let plan = plan.clone();
         let planned = local::run(async move { state.create_physical_plan(&plan).await }).await?;
         Ok(Arc::new(Here(planned)))

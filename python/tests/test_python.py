@@ -169,12 +169,19 @@ def test_search_api_equals_the_sql_exact_plan(ctx, data):
 
 def test_search_settings_hold_for_that_search_alone(data):
     folder = data["folder"]
-    table = dff.open_table(str(folder / "docs.parquet"), str(folder / "keyed.faiss"), vector="embedding", key="id")
-    table.ctx.sql("SET faiss.nprobe = 5").collect()
+    table = dff.open_table(
+        str(folder / "docs.parquet"), str(folder / "keyed.faiss"), vector="embedding", key="id", nprobe=5
+    )
     q = vectors(1, 19)[0]
     assert "nprobe=9 " in table.search(q).nprobe(9).refine_factor(3).explain()
     assert "nprobe=5 " in table.search(q).explain()
-    assert table.ctx.sql("SHOW faiss.refine_factor").to_pydict()["value"] == ["4"]
+    # The table lent to a datafusion-python context is an index scan there too, with that
+    # context's settings.
+    sql = f"SELECT id, vec_distance(embedding, {literal(q)}) AS d FROM {table.name} ORDER BY d LIMIT 3"
+    assert "nprobe=16 " in plan(table.ctx, sql)
+    table.ctx.sql("SET faiss.nprobe = 7").collect()
+    assert "nprobe=7 " in plan(table.ctx, sql)
+    assert "nprobe=5 " in table.search(q).explain()
 
 
 def test_search_api_batch(ctx, data):
