@@ -179,3 +179,38 @@ async fn rewritten_table_file_is_read_anew() {
         }
     }
 }
+
+/// The vector column as pyarrow writes it, a list per row (repetition levels) in v1 pages
+/// with no page index. Its pages start a row when the list's length divides the 1024
+/// levels pyarrow writes at a time (64 floats): they are found once, and a lookup reads
+/// the rows' pages only. With 48 floats a page may start inside a row: the chunk is read
+/// whole. Both answer as the exact plan.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vector_column_of_a_pyarrow_table_is_read_by_page() {
+    let dir = tempfile::tempdir().unwrap();
+    for (d, paged) in [(64, true), (48, false)] {
+        let file = dir.path().join(format!("docs-{d}.parquet"));
+        let (x, ids) = pyarrow_table(&file, 100_000, d, 1, 31);
+        let index = dir.path().join(format!("docs-{d}.faiss"));
+        std::fs::write(&index, index_bytes(&x, d, Some(&ids), "IVF32,Flat").await).unwrap();
+        let ctx = context(None);
+        create(&ctx, "docs", file.to_str().unwrap(), index.to_str().unwrap(), true).await;
+        ctx.sql("SET faiss.nprobe = 32").await.unwrap();
+        let q = clustered(1, d, 12, 77);
+        let q = format!("'[{}]'", q.iter().map(|v| v.to_string()).collect::<Vec<_>>().join(", "));
+        let sql = format!("SELECT id, vec_distance(embedding, {q}) AS d, embedding FROM docs ORDER BY d, id LIMIT 5");
+        same_as_exact(&ctx, &sql).await;
+        let indexed: Vec<RecordBatch> = ctx.sql(&sql).await.unwrap().collect().await.unwrap();
+        ctx.sql("SET faiss.enabled = false").await.unwrap();
+        let exact: Vec<RecordBatch> = ctx.sql(&sql).await.unwrap().collect().await.unwrap();
+        ctx.sql("SET faiss.enabled = true").await.unwrap();
+        let shown = |b: &[RecordBatch]| datafusion::arrow::util::pretty::pretty_format_batches(b).unwrap().to_string();
+        assert_eq!(shown(&indexed), shown(&exact), "d = {d}: the vectors read");
+        let file_size = std::fs::metadata(&file).unwrap().len() as usize;
+        let bytes = metric(&ctx, &sql, "table_bytes").await;
+        if paged {
+            // 5 rows: at most 5 of the chunk's 25 pages of 1 MiB.
+            assert!(bytes < file_size / 3, "d = {d}: lookup read {bytes} of the file's {file_size} bytes");
+        }
+    }
+}

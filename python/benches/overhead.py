@@ -6,7 +6,8 @@ For each table (Fashion-MNIST as `datafusion-faiss demo` writes it, and 1M x 128
 written by pyarrow's defaults with an IVF1024,Flat index by pip's faiss-cpu), the same
 top-10 SQL, made by the search builder's `to_sql()`, runs three ways, warm, one at a time:
 the builder's `search(q).limit(10).to_arrow()`, `ctx.sql(sql).to_arrow_table()` through
-datafusion-python, and the CLI's `sql -f` (its own timing: planning to the last batch).
+datafusion-python, and the CLI's `sql -f` (its own timing: planning to the last batch), in
+three rounds of the three in turn.
 Writes OUT/python.md and OUT/python.json: p50 of each, the difference, whether the three
 answers agree, the wheel's size and the import times.
 """
@@ -26,6 +27,7 @@ import datafusion_faiss
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 WARMUP = 5
+ROUNDS = 3
 
 
 def fashion_mnist(cli: str, out: str) -> tuple[str, str]:
@@ -83,26 +85,30 @@ def cli_times(cli: str, create: str, sqls: list[str]) -> list[float]:
 
 
 def measure(name: str, cli: str, table: str, index: str, n: int) -> dict:
+    """ROUNDS rounds of the three ways, one after the other, so that a slower moment of
+    the machine does not fall on one of them only; p50 over all rounds."""
     t = datafusion_faiss.open_table(table, index, vector="embedding", key="id")
     qs = vectors(table, n + WARMUP)
     sqls = [t.search(q).limit(10).to_sql() for q in qs]
-    builder, sql, ids = [], [], {"builder": [], "sql": []}
-    for i, q in enumerate(qs):
-        ms, r = timed(lambda: t.search(q).limit(10).to_arrow())
-        if i >= WARMUP:
-            builder.append(ms)
-            ids["builder"].append(r.column("id").to_pylist())
-    for i, s in enumerate(sqls):
-        ms, r = timed(lambda: t.ctx.sql(s).to_arrow_table())
-        if i >= WARMUP:
-            sql.append(ms)
-            ids["sql"].append(r.column("id").to_pylist())
     create = (
         f"CREATE EXTERNAL TABLE {t.name} STORED AS FAISS LOCATION '{table}' "
         f"OPTIONS ('index' '{index}', 'key' 'id', 'vector' 'embedding')"
     )
-    rust = cli_times(cli, create, sqls)[WARMUP:]
-    p = {k: statistics.median(v) for k, v in (("rust", rust), ("builder", builder), ("sql", sql))}
+    times = {"rust": [], "builder": [], "sql": []}
+    ids = {"builder": [], "sql": []}
+    for _ in range(ROUNDS):
+        for i, q in enumerate(qs):
+            ms, r = timed(lambda: t.search(q).limit(10).to_arrow())
+            if i >= WARMUP:
+                times["builder"].append(ms)
+                ids["builder"].append(r.column("id").to_pylist())
+        for i, s in enumerate(sqls):
+            ms, r = timed(lambda: t.ctx.sql(s).to_arrow_table())
+            if i >= WARMUP:
+                times["sql"].append(ms)
+                ids["sql"].append(r.column("id").to_pylist())
+        times["rust"] += cli_times(cli, create, sqls)[WARMUP:]
+    p = {k: statistics.median(v) for k, v in times.items()}
     return {
         "table": name,
         "rows": t.ntotal,
@@ -145,7 +151,8 @@ def main() -> None:
         f"The release wheel (`{extra['wheel']}`, {extra['wheel_mb']:.0f} MiB) in a venv with datafusion 55.0.0, against "
         "the release CLI (`datafusion-faiss sql -f`, its own per-statement time), on one table each. The same top-10 "
         "SQL (the builder's `to_sql()`, default nprobe and refine factor), warm, one query at a time, "
-        f"{n} queries after {WARMUP} untimed. Goal: at most 1 ms above the CLI's p50.\n",
+        f"{n} queries after {WARMUP} untimed, in {ROUNDS} rounds of the three ways in turn. Goal: at most 1 ms above "
+        "the CLI's p50.\n",
         "| table | index | Rust CLI p50 | `search().limit(10).to_arrow()` p50 | over Rust | SQL via datafusion-python p50 | over Rust | same answers |",
         "|---|---|---|---|---|---|---|---|",
     ]

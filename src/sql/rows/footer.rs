@@ -6,7 +6,8 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use bytes::Bytes;
 use datafusion::common::{DataFusionError, Result};
-use datafusion::parquet::column::page::PageReader;
+use datafusion::parquet::basic::Encoding;
+use datafusion::parquet::column::page::{Page, PageReader};
 use datafusion::parquet::file::metadata::{
     PageIndexPolicy, ParquetMetaData, ParquetMetaDataBuilder, ParquetMetaDataReader, ParquetMetaDataWriter,
 };
@@ -35,7 +36,7 @@ pub(crate) struct Footer {
     pub plain: Arc<ParquetMetaData>,
     /// Per leaf column: its pages are known in every row group.
     pub leaf_paged: Vec<bool>,
-    /// Per leaf column: nothing more to learn of its pages (known, walked, or nested).
+    /// Per leaf column: nothing more to learn of its pages (known, or walked).
     settled: Vec<bool>,
 }
 
@@ -120,7 +121,7 @@ fn cache() -> &'static moka::future::Cache<FileVersion, Arc<Footer>> {
 }
 
 /// The footer of `file`, from the cache or read (with its page index, if any), with page
-/// locations found for the flat columns among `columns` whose writer left none, by
+/// locations found for the columns among `columns` whose writer left none, by
 /// walking their page headers (their chunks read whole, one wave, kept for this query).
 pub(crate) async fn footer(
     store: &Arc<dyn object_store::ObjectStore>,
@@ -222,22 +223,16 @@ async fn read_footer(
             groups
         ],
     };
-    // A nested column's v1 pages may end inside a row: such a chunk is read whole when
-    // a row of it is needed, and is not walked.
-    let descr = metadata.file_metadata().schema_descr_ptr();
     let settled = (0..leaves)
-        .map(|c| {
-            descr.column(c).max_rep_level() > 0
-                || (0..groups).all(|g| !offsets[g][c].page_locations.is_empty() || plain.row_group(g).num_rows() == 0)
-        })
+        .map(|c| (0..groups).all(|g| !offsets[g][c].page_locations.is_empty() || plain.row_group(g).num_rows() == 0))
         .collect();
     let footer = Footer::with_offsets(plain, offsets, settled);
     io.to_disk(disk_key(&store, &file), encode(&file, &footer)).await;
     Ok(Arc::new(footer))
 }
 
-/// `known` with the pages of the flat `leaves` found: their chunks in one wave, kept for
-/// this query (the row reads may take their pages from them), page headers walked.
+/// `known` with the pages of `leaves` found: their chunks in one wave, kept for this
+/// query (the row reads may take their pages from them), page headers walked.
 async fn walk(
     store: &Arc<dyn object_store::ObjectStore>,
     file: &ObjectMeta,
@@ -292,7 +287,7 @@ async fn walk(
     Ok(Footer::with_offsets(metadata.as_ref().clone(), offsets, settled))
 }
 
-const SAVED_MAGIC: &[u8; 8] = b"DFFFOOT2";
+const SAVED_MAGIC: &[u8; 8] = b"DFFFOOT3";
 
 /// A footer as the disk tier keeps it: the file version it is of, the Parquet footer
 /// (without page index, as the file has it), and per column chunk the page locations
@@ -354,8 +349,6 @@ fn decode(bytes: &Bytes, location: &object_store::path::Path) -> Option<(ObjectM
         Some(i64::from_le_bytes(b.try_into().expect("8 bytes")))
     };
     let leaves = plain.file_metadata().schema_descr().num_columns();
-    let descr = plain.file_metadata().schema_descr_ptr();
-    let mut settled: Vec<bool> = (0..leaves).map(|c| descr.column(c).max_rep_level() > 0).collect();
     let mut walked = vec![true; leaves];
     let mut offsets = vec![];
     for g in 0..plain.num_row_groups() {
@@ -376,12 +369,13 @@ fn decode(bytes: &Bytes, location: &object_store::path::Path) -> Option<(ObjectM
     if read().is_some() {
         return None;
     }
-    settled.iter_mut().zip(&walked).for_each(|(s, w)| *s |= *w);
-    Some((meta, Footer::with_offsets(plain, offsets, settled)))
+    Some((meta, Footer::with_offsets(plain, offsets, walked)))
 }
 
-/// The data pages of one flat column chunk (`bytes`, starting at file offset `start`)
-/// with the row each starts at; `None` if the pages do not add up to the chunk's rows.
+/// The data pages of one column chunk (`bytes`, starting at file offset `start`) with
+/// the row each starts at; `None` if the pages do not add up to the chunk's rows, or if a
+/// page of a nested column starts inside a row (a v1 page may: pyarrow's writer splits
+/// a list between pages), so that a row is not in one page.
 fn page_locations(
     chunk: &datafusion::parquet::file::metadata::ColumnChunkMetaData,
     start: u64,
@@ -389,6 +383,7 @@ fn page_locations(
     rows: usize,
 ) -> datafusion::parquet::errors::Result<Option<Vec<PageLocation>>> {
     let end = start + bytes.len() as u64;
+    let max_rep = chunk.column_descr().max_rep_level();
     let source = Arc::new(Chunk { start, bytes, reads: Mutex::new(vec![]) });
     let mut pages = SerializedPageReader::new(source.clone(), chunk, rows, None)?;
     let mut found: Vec<(u64, i64)> = vec![];
@@ -396,12 +391,32 @@ fn page_locations(
     while let Some(page) = pages.peek_next_page()? {
         // The header was just read from where this page starts.
         let at = *source.reads.lock().expect("reads").last().expect("a header read");
-        if !page.is_dict {
-            let page_rows = page.num_rows.or(page.num_levels).unwrap_or(0);
-            found.push((at, row));
-            row += page_rows as i64;
+        if page.is_dict {
+            pages.skip_next_page()?;
+            continue;
         }
-        pages.skip_next_page()?;
+        let page_rows = match (max_rep, page.num_rows) {
+            (0, rows) => {
+                pages.skip_next_page()?;
+                rows.or(page.num_levels).unwrap_or(0)
+            }
+            // A v2 page starts a row and says how many it holds.
+            (_, Some(rows)) => {
+                pages.skip_next_page()?;
+                rows
+            }
+            (_, None) => match pages.get_next_page()? {
+                Some(Page::DataPage { buf, num_values, rep_level_encoding: Encoding::RLE, .. }) => {
+                    match row_starts(&buf, num_values as usize, max_rep) {
+                        Some((true, rows)) => rows,
+                        _ => return Ok(None),
+                    }
+                }
+                _ => return Ok(None),
+            },
+        };
+        found.push((at, row));
+        row += page_rows as i64;
     }
     if row != rows as i64 {
         return Ok(None);
@@ -418,6 +433,54 @@ fn page_locations(
             })
             .collect(),
     ))
+}
+
+/// Of a v1 data page (`buf`, decompressed) holding `levels` repetition levels at most
+/// `max_rep`, RLE-encoded first: whether it starts a row, and how many rows start in it
+/// (levels of 0). `None` for levels that do not decode. The parquet crate decodes levels
+/// only behind its experimental API.
+fn row_starts(buf: &[u8], levels: usize, max_rep: i16) -> Option<(bool, usize)> {
+    let len = u32::from_le_bytes(buf.get(..4)?.try_into().ok()?) as usize;
+    let mut data = buf.get(4..4usize.checked_add(len)?)?;
+    let width = (16 - (max_rep as u16).leading_zeros()) as usize;
+    let (mut seen, mut starts, mut first) = (0usize, 0usize, None);
+    while seen < levels {
+        // A run header: ULEB128, its low bit telling bit-packed groups from a repeated value.
+        let mut header = 0u64;
+        for shift in (0..64).step_by(7) {
+            let (&byte, rest) = data.split_first()?;
+            data = rest;
+            header |= u64::from(byte & 0x7f) << shift;
+            if byte & 0x80 == 0 {
+                break;
+            }
+        }
+        if header & 1 == 0 {
+            let count = usize::try_from(header >> 1).ok()?.min(levels - seen);
+            let bytes = width.div_ceil(8);
+            let value = data.get(..bytes)?.iter().rev().fold(0u64, |v, &b| v << 8 | u64::from(b));
+            data = &data[bytes..];
+            if count > 0 {
+                first.get_or_insert(value);
+                starts += if value == 0 { count } else { 0 };
+            }
+            seen += count;
+        } else {
+            let values = usize::try_from(header >> 1).ok()?.checked_mul(8)?;
+            let packed = data.get(..values.checked_mul(width)? / 8)?;
+            data = &data[packed.len()..];
+            for i in 0..values.min(levels - seen) {
+                let value = (0..width).fold(0u64, |v, b| {
+                    let bit = i * width + b;
+                    v | u64::from(packed[bit / 8] >> (bit % 8) & 1) << b
+                });
+                first.get_or_insert(value);
+                starts += usize::from(value == 0);
+            }
+            seen += values.min(levels - seen);
+        }
+    }
+    Some((first? == 0, starts))
 }
 
 /// A column chunk's bytes at their file offsets, noting where each read starts (a page
