@@ -9,6 +9,7 @@ use datafusion::arrow::array::{Array, AsArray, FixedSizeListArray, Float32Array,
 use datafusion::arrow::datatypes::{DataType, Field, Int64Type, Schema};
 use datafusion::parquet::arrow::ArrowWriter;
 use datafusion::parquet::file::properties::WriterProperties;
+use datafusion_faiss::sql::functions::vector_literal;
 
 use super::query::execute;
 use super::{context, CliResult};
@@ -74,7 +75,7 @@ pub async fn run(
     println!("> {set};");
     execute(&ctx, &set).await?;
 
-    let vector = literal(&queries[..d]);
+    let vector = vector_literal(&queries[..d]);
     let plain = format!("SELECT id, label, vec_distance(embedding, {vector}) AS d FROM fmnist ORDER BY d LIMIT {k}");
     let filtered = plain.replace("ORDER BY", &format!("WHERE label = {} ORDER BY", labels[0]));
     for sql in [plain.clone(), filtered] {
@@ -96,8 +97,10 @@ pub async fn run(
         let filter = if own_label { "WHERE label = <the query's label>" } else { "" };
         for (q, label) in queries.chunks(d).zip(labels) {
             let filter = if own_label { format!("WHERE label = {label}") } else { String::new() };
-            let sql =
-                format!("SELECT id FROM fmnist {filter} ORDER BY vec_distance(embedding, {}) LIMIT {k}", literal(q));
+            let sql = format!(
+                "SELECT id FROM fmnist {filter} ORDER BY vec_distance(embedding, {}) LIMIT {k}",
+                vector_literal(q)
+            );
             for (plan, enabled) in [(&mut indexed, true), (&mut exact, false)] {
                 ctx.sql(&format!("SET faiss.enabled = {enabled}")).await?;
                 let t = Instant::now();
@@ -120,12 +123,6 @@ pub async fn run(
     }
     ctx.sql("SET faiss.enabled = true").await?;
     Ok(())
-}
-
-/// A query vector as a string literal: one literal to plan, not an expression per element.
-fn literal(v: &[f32]) -> String {
-    let v: Vec<String> = v.iter().map(|x| x.to_string()).collect();
-    format!("'[{}]'", v.join(", "))
 }
 
 /// Long vector literals shortened to their first values and length, for the terminal.

@@ -277,7 +277,7 @@ class Query:
         where = " AND ".join(f"({w})" for w in self._where)
         tie = f", d.{_quote(t.key)}" if t.key else ""
         if not self._batch:
-            query = _literal("[" + ", ".join(repr(x) for x in self._rows[0]) + "]")
+            query = _internal.vector_literal(self._rows[0])
             distance, direction = self._order(f"d.{_quote(t.vector)}", query)
             listed = "".join(f"d.{_quote(c)}, " for c in columns)
             return (

@@ -147,12 +147,8 @@ impl Table {
         session: Option<Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, PyCapsule>> {
         let _ = session;
-        let provider = FFI_TableProvider::new_with_ffi_codec(
-            self.0.clone(),
-            true,
-            Some(local::runtime()),
-            crate::logical_codec(),
-        );
+        let provider =
+            FFI_TableProvider::new_with_ffi_codec(self.0.clone(), true, Some(local::runtime()), crate::logical_codec());
         PyCapsule::new_with_value(py, provider, c"datafusion_table_provider")
     }
 }

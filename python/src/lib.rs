@@ -253,6 +253,13 @@ fn index_info(py: Python<'_>, url: &str) -> PyResult<(String, usize, usize, u64,
     Ok((metric.into(), info.dimension, info.nlist, info.ntotal, info.description))
 }
 
+/// A query vector as the SQL string literal the functions take: Python's floats, each
+/// the shortest decimal that reads back as the same (a NumPy `float32` widens exactly).
+#[pyfunction]
+fn vector_literal(values: Vec<f64>) -> String {
+    datafusion_faiss::sql::functions::vector_literal(&values)
+}
+
 /// `datafusion-faiss build` with `argv` (what follows `build` on the command line):
 /// trains and fills an index, showing progress on stderr, without the GIL.
 #[pyfunction]
@@ -282,6 +289,7 @@ fn _internal(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(index_info, m)?)?;
     m.add_function(wrap_pyfunction!(register_store, m)?)?;
     m.add_function(wrap_pyfunction!(build, m)?)?;
+    m.add_function(wrap_pyfunction!(vector_literal, m)?)?;
     m.add_class::<Function>()?;
     m.add_class::<SearchFunction>()?;
     m.add_class::<TableFactory>()?;

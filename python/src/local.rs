@@ -19,7 +19,6 @@ use datafusion::execution::{TaskContext, TaskContextProvider};
 use datafusion::prelude::{SessionConfig, SessionContext};
 use datafusion_faiss::sql::FaissConfig;
 use datafusion_ffi::config::extension_options::FFI_ExtensionOptions;
-use pyo3::exceptions::PyRuntimeError;
 use pyo3::{PyResult, Python};
 use tokio::runtime::{Handle, Runtime};
 
@@ -51,20 +50,18 @@ pub fn runtime() -> Handle {
     RUNTIME.handle().clone()
 }
 
-/// Runs `work` on our runtime with the GIL released, waking every 50 ms (or when it
-/// is done) to look for Ctrl-C: a `KeyboardInterrupt` cancels it.
+/// Runs `work` on our runtime from this thread, as a binary's main does, with the GIL
+/// released, waking every 50 ms (or when it is done) to look for Ctrl-C: a
+/// `KeyboardInterrupt` drops it, which cancels it.
 pub fn block<T: Send + 'static>(py: Python<'_>, work: impl Future<Output = T> + Send + 'static) -> PyResult<T> {
-    let mut task = RUNTIME.spawn(work);
+    let mut work = Box::pin(work);
     loop {
-        let waited = py.detach(|| RUNTIME.block_on(async { tokio::time::timeout(Duration::from_millis(50), &mut task).await }));
+        // The timer is made inside block_on, where the runtime's clock is.
+        let waited =
+            py.detach(|| RUNTIME.block_on(async { tokio::time::timeout(Duration::from_millis(50), &mut work).await }));
         match waited {
-            Ok(done) => return done.map_err(|e| PyRuntimeError::new_err(e.to_string())),
-            Err(_) => {
-                if let Err(interrupt) = py.check_signals() {
-                    task.abort();
-                    return Err(interrupt);
-                }
-            }
+            Ok(done) => return Ok(done),
+            Err(_) => py.check_signals()?,
         }
     }
 }

@@ -175,6 +175,14 @@ pub fn literal_vector(value: &datafusion::common::ScalarValue) -> Option<Vec<f32
     row_vectors(&ColumnarValue::Scalar(value.clone()), 1).ok()?.pop().flatten()
 }
 
+/// `v` as a `'[...]'` string literal, each value the shortest decimal that reads back as
+/// the same `f32` (or `f64`: the functions read a string literal's values as `f64`): one
+/// literal to plan, not an expression per element.
+pub fn vector_literal<T: std::fmt::Display>(v: &[T]) -> String {
+    let v: Vec<String> = v.iter().map(|x| x.to_string()).collect();
+    format!("'[{}]'", v.join(", "))
+}
+
 /// Each of `rows` rows' vector in `values` (a vector column, or one literal for every
 /// row), as FAISS searches it; `None` where NULL.
 pub fn row_vectors(values: &ColumnarValue, rows: usize) -> Result<Vec<Option<Vec<f32>>>> {
