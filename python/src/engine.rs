@@ -63,11 +63,18 @@ impl Engine {
                 SessionContext::new_with_state(state)
             }
         };
-        let mut registered = vec![];
+        // Every table read before any is registered: a bad one leaves none behind.
+        let mut imported = vec![];
         for (name, table) in tables.unwrap_or_default() {
-            let batches = import(&table).map_err(|e| PyValueError::new_err(format!("table {name}: {e}")))?;
-            let table = MemTable::try_new(batches.0, vec![batches.1]).map_err(failed)?;
-            ctx.register_table(name.as_str(), Arc::new(table)).map_err(failed)?;
+            let (schema, batches) = import(&table).map_err(|e| PyValueError::new_err(format!("table {name}: {e}")))?;
+            imported.push((name, MemTable::try_new(schema, vec![batches]).map_err(failed)?));
+        }
+        let mut registered = vec![];
+        for (name, table) in imported {
+            if let Err(e) = ctx.register_table(name.as_str(), Arc::new(table)) {
+                registered.iter().for_each(|name: &String| drop(ctx.deregister_table(name.as_str())));
+                return Err(failed(e));
+            }
             registered.push(name);
         }
         let run = {
