@@ -69,24 +69,19 @@ impl Engine {
             let (schema, batches) = import(&table).map_err(|e| PyValueError::new_err(format!("table {name}: {e}")))?;
             imported.push((name, MemTable::try_new(schema, vec![batches]).map_err(failed)?));
         }
+        // Registered in the work, so that one cleanup follows whatever failed.
         let mut registered = vec![];
-        for (name, table) in imported {
-            if let Err(e) = ctx.register_table(name.as_str(), Arc::new(table)) {
-                registered.iter().for_each(|name: &String| drop(ctx.deregister_table(name.as_str())));
-                return Err(failed(e));
+        let run = async {
+            for (name, table) in imported {
+                ctx.register_table(name.as_str(), Arc::new(table))?;
+                registered.push(name);
             }
-            registered.push(name);
-        }
-        let run = {
-            let ctx = ctx.clone();
-            async move {
-                let frame = ctx.sql(&query).await?;
-                let schema = frame.schema().inner().clone();
-                Ok::<_, datafusion::error::DataFusionError>((schema, frame.collect().await?))
-            }
+            let frame = ctx.sql(&query).await?;
+            let schema = frame.schema().inner().clone();
+            Ok::<_, datafusion::error::DataFusionError>((schema, frame.collect().await?))
         };
         let result = local::block(py, run);
-        for name in registered {
+        for name in &registered {
             let _ = ctx.deregister_table(name.as_str());
         }
         let (schema, batches) = result?.map_err(failed)?;
@@ -96,8 +91,7 @@ impl Engine {
     /// The table `name`, for `SessionContext.register_table` of datafusion-python: the
     /// host's SQL then reads the same open index.
     fn table(&self, py: Python<'_>, name: String) -> PyResult<Table> {
-        let ctx = self.0.clone();
-        let table = local::block(py, async move { ctx.table_provider(name.as_str()).await })?.map_err(failed)?;
+        let table = local::block(py, self.0.table_provider(name.as_str()))?.map_err(failed)?;
         Ok(Table(table))
     }
 }

@@ -243,9 +243,9 @@ impl Codecs {
 /// the table's CREATE opened, so it costs no read.
 #[pyfunction]
 fn index_info(py: Python<'_>, url: &str) -> PyResult<(String, usize, usize, u64, String)> {
-    let url = url.to_string();
-    let open = async move { datafusion_faiss::sql::index_info(&url, &local::env(), &FaissConfig::default()).await };
-    let info = local::block(py, open)?.map_err(|e| PyRuntimeError::new_err(e.to_string()))?;
+    let (env, settings) = (local::env(), FaissConfig::default());
+    let info = local::block(py, datafusion_faiss::sql::index_info(url, &env, &settings))?
+        .map_err(|e| PyRuntimeError::new_err(e.to_string()))?;
     let metric = match info.metric {
         Metric::L2 => "l2",
         Metric::InnerProduct => "inner_product",

@@ -53,7 +53,7 @@ pub fn runtime() -> Handle {
 /// Runs `work` on our runtime from this thread, as a binary's main does, with the GIL
 /// released, waking every 50 ms (or when it is done) to look for Ctrl-C: a
 /// `KeyboardInterrupt` drops it, which cancels it.
-pub fn block<T: Send + 'static>(py: Python<'_>, work: impl Future<Output = T> + Send + 'static) -> PyResult<T> {
+pub fn block<T: Send>(py: Python<'_>, work: impl Future<Output = T> + Send) -> PyResult<T> {
     let mut work = Box::pin(work);
     loop {
         // The timer is made inside block_on, where the runtime's clock is.
