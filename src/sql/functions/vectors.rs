@@ -164,3 +164,35 @@ fn parse(name: &str, text: &str) -> Result<Vec<f64>> {
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::parse;
+    use crate::sql::functions::vector_literal;
+
+    /// A search's literal must give the functions the very values it was made from:
+    /// `f64` for Python's queries (widened `f32`), `f32` for the demo's.
+    #[test]
+    fn a_vector_literal_reads_back_as_its_values() {
+        let mut wide: Vec<f64> = (0..784).map(|i| ((i as f32 * 0.7311).sin() * 0.37) as f64).collect();
+        wide.extend([1e-7, -0.0, 0.0, 1.0, 1e20, 123456789.0, f64::MIN_POSITIVE, -3.5e-300]);
+        let read = parse("q", vector_literal(&wide).trim_matches('\'')).unwrap();
+        assert_eq!(
+            read.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+            wide.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
+        );
+
+        let narrow: Vec<f32> = wide.iter().map(|&v| v as f32).collect();
+        let text = vector_literal(&narrow);
+        let read = parse("q", text.trim_matches('\'')).unwrap();
+        assert_eq!(
+            read.iter().map(|&v| (v as f32).to_bits()).collect::<Vec<_>>(),
+            narrow.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
+        );
+
+        assert!(parse("q", vector_literal(&[1.0f64, f64::NAN]).trim_matches('\''))
+            .unwrap_err()
+            .to_string()
+            .contains("element 1"));
+    }
+}

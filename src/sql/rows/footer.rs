@@ -374,8 +374,8 @@ fn decode(bytes: &Bytes, location: &object_store::path::Path) -> Option<(ObjectM
 
 /// The data pages of one column chunk (`bytes`, starting at file offset `start`) with
 /// the row each starts at; `None` if the pages do not add up to the chunk's rows, or if a
-/// page of a nested column starts inside a row (a v1 page may: pyarrow's writer splits
-/// a list between pages), so that a row is not in one page.
+/// page of a nested column starts inside a row (a v1 page may where there is no page
+/// index), so that a row is not in one page.
 fn page_locations(
     chunk: &datafusion::parquet::file::metadata::ColumnChunkMetaData,
     start: u64,
