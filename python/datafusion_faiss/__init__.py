@@ -10,6 +10,7 @@ gives a search API for code that does not write SQL; it runs the same SQL.
 from __future__ import annotations
 
 import itertools
+from array import array
 from typing import Any, Sequence
 
 import datafusion
@@ -174,7 +175,7 @@ class VectorTable:
             self._lend(ctx)
 
     def _sql(self, sql: str, settings: dict[str, str] | None = None, tables: dict[str, Any] | None = None) -> pa.Table:
-        return pa.RecordBatchReader.from_stream(self._engine.sql(sql, settings, tables)).read_all()
+        return pa.table(self._engine.sql(sql, settings, tables))
 
     def _lend(self, ctx: SessionContext) -> None:
         ctx.register_table(self.name, self._engine.table(self.name))
@@ -201,13 +202,21 @@ def open_table(data: str, index: str, **options: Any) -> VectorTable:
     return VectorTable(data, index, **options)
 
 
-def _vectors(query: Any) -> tuple[list[list[float]], bool]:
-    """The query as rows of floats, and whether it was a batch (2-D)."""
-    if hasattr(query, "tolist"):
-        query = query.tolist()
+def _vectors(query: Any) -> tuple[list[bytes], bool]:
+    """The query as rows of float64 bytes (this machine's byte order), one per vector, and
+    whether it was a batch (2-D). A NumPy array is converted whole, not a Python float per
+    value."""
+    if hasattr(query, "ndim") and hasattr(query, "astype"):
+        if query.ndim not in (1, 2):
+            raise ValueError(f"a query is one vector or a 2-D array of them, got {query.ndim} dimensions")
+        wide = query.astype("f8", copy=False)
+        return ([row.tobytes() for row in wide] if query.ndim == 2 else [wide.tobytes()]), query.ndim == 2
     query = list(query)
-    batch = bool(query) and isinstance(query[0], (list, tuple))
-    rows = [list(map(float, q)) for q in query] if batch else [list(map(float, query))]
+    batch = bool(query) and (isinstance(query[0], (list, tuple)) or getattr(query[0], "ndim", 0) == 1)
+    try:
+        rows = [array("d", row).tobytes() for row in query] if batch else [array("d", query).tobytes()]
+    except TypeError as e:
+        raise ValueError(f"a query's values must be numbers: {e}") from None
     return rows, batch
 
 
@@ -219,9 +228,9 @@ class Query:
         self._table = table
         self._rows, self._batch = _vectors(query)
         for i, row in enumerate(self._rows):
-            if len(row) != table.dimension:
+            if len(row) != 8 * table.dimension:
                 raise ValueError(
-                    f"query {i} has {len(row)} dimensions, the index of {table.name} has {table.dimension}"
+                    f"query {i} has {len(row) // 8} dimensions, the index of {table.name} has {table.dimension}"
                 )
         self._where: list[str] = []
         self._select: list[str] | None = None
@@ -301,8 +310,10 @@ class Query:
         settings = {**t.settings, **{k: str(v) for k, v in self._settings.items()}}
         if not self._batch:
             return t._sql(sql, settings)
-        vectors = pa.array(self._rows, type=pa.list_(pa.float32(), t.dimension))
-        queries = pa.table([pa.array(range(len(self._rows)), type=pa.int64()), vectors], names=["query_index", "_query_vector"])
+        n = len(self._rows)
+        wide = pa.Array.from_buffers(pa.float64(), n * t.dimension, [None, pa.py_buffer(b"".join(self._rows))])
+        vectors = pa.FixedSizeListArray.from_arrays(wide.cast(pa.float32()), t.dimension)
+        queries = pa.table([pa.array(range(n), type=pa.int64()), vectors], names=["query_index", "_query_vector"])
         return t._sql(sql, settings, {self._queries: queries})
 
     def to_arrow(self) -> pa.Table:

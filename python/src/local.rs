@@ -39,12 +39,22 @@ static ENV: LazyLock<Arc<RuntimeEnv>> = LazyLock::new(|| {
         .expect("a runtime environment")
 });
 
-/// Answers the FFI codecs' requests for a task context when they decode on our side.
-static TASKS: LazyLock<Arc<SessionContext>> = LazyLock::new(|| {
+/// Answers the FFI codecs' requests for a task context when they decode on our side,
+/// with one made once: making one copies every function of its session, a quarter of a
+/// millisecond at each plan handed over.
+static TASKS: LazyLock<Arc<Tasks>> = LazyLock::new(|| {
     let ctx = SessionContext::new_with_config_rt(SessionConfig::new(), ENV.clone());
     datafusion_faiss::sql::register_sql(&ctx);
-    Arc::new(ctx)
+    Arc::new(Tasks(ctx.task_ctx()))
 });
+
+struct Tasks(Arc<TaskContext>);
+
+impl TaskContextProvider for Tasks {
+    fn task_ctx(&self) -> Arc<TaskContext> {
+        self.0.clone()
+    }
+}
 
 pub fn runtime() -> Handle {
     RUNTIME.handle().clone()

@@ -71,7 +71,9 @@ def exact(ctx, sql: str) -> list[dict]:
 
 
 def plan(ctx, sql: str) -> str:
-    return "\n".join(ctx.sql("EXPLAIN " + sql).to_arrow_table().column("plan").to_pylist())
+    """The plan that ran: EXPLAIN ANALYZE is planned as the query is, where EXPLAIN alone
+    takes a path of its own (it shows each optimizer step)."""
+    return "\n".join(ctx.sql("EXPLAIN ANALYZE " + sql).to_arrow_table().column("plan").to_pylist())
 
 
 def literal(q: np.ndarray) -> str:
@@ -199,6 +201,8 @@ def test_search_api_batch(ctx, data):
         mine = [r for r in got.to_pylist() if r["query_index"] == i]
         assert [r["id"] for r in mine] == [r["id"] for r in want]
         assert [r["_distance"] for r in mine] == [r["d"] for r in want]
+    # Lists of lists are a batch too.
+    assert table.search(queries.tolist()).select(["id"]).nprobe(NLIST).limit(5).to_arrow() == got
 
 
 def test_wrong_dimension_is_a_clear_error(ctx, data):
@@ -209,6 +213,8 @@ def test_wrong_dimension_is_a_clear_error(ctx, data):
     table = dff.open_table(str(folder / "docs.parquet"), str(folder / "keyed.faiss"), vector="embedding", key="id")
     with pytest.raises(ValueError, match="dimensions"):
         table.search([0.5, 0.25])
+    with pytest.raises(ValueError, match="numbers"):
+        table.search(["0.5", "0.25"])
 
 
 def test_corrupt_and_missing_files_are_clear_errors(data, tmp_path):

@@ -41,8 +41,7 @@ pub fn register_all(ctx: &SessionContext) {
     let mut state = state.write();
     let mut next =
         SessionStateBuilder::new_from_existing(state.clone()).with_query_planner(Arc::new(exec::FaissQueryPlanner));
-    let rules: [Arc<dyn OptimizerRule + Send + Sync>; 2] = [Arc::new(rule::IvfTopKRule), Arc::new(knn::IvfKnnRule)];
-    for rule in rules {
+    for rule in rules() {
         if !state.optimizers().iter().any(|r| r.name() == rule.name()) {
             next = next.with_optimizer_rule(rule);
         }
@@ -50,6 +49,12 @@ pub fn register_all(ctx: &SessionContext) {
     *state = next.build();
     drop(state);
     register_sql(ctx);
+}
+
+/// The index rewrites `register_all` adds to a session's optimizer: the top-k and the
+/// batch k-NN. Alone, for a front end handed plans another optimizer already ran on.
+pub fn rules() -> Vec<Arc<dyn OptimizerRule + Send + Sync>> {
+    vec![Arc::new(rule::IvfTopKRule), Arc::new(knn::IvfKnnRule)]
 }
 
 /// The header of the index at `url` (a URL or a local path, against `runtime`'s stores),
