@@ -253,13 +253,16 @@ fn index_info(py: Python<'_>, url: &str) -> PyResult<(String, usize, usize, u64,
     Ok((metric.into(), info.dimension, info.nlist, info.ntotal, info.description))
 }
 
-/// A query vector (`float64` values as bytes, in this machine's order) as the SQL string literal the
-/// functions take, each value the shortest decimal that reads back as the same (a NumPy
-/// `float32` widens exactly). Bytes, not a list: no Python float per value.
+/// A query vector (`float64` values as bytes, in this machine's order) as the SQL string
+/// literal the functions take, each value the shortest decimal that reads back as the
+/// same (a NumPy `float32` widens exactly). Bytes, not a list: no Python float per value.
 #[pyfunction]
 fn vector_literal(values: &[u8]) -> PyResult<String> {
     if values.len() % 8 != 0 {
-        return Err(PyValueError::new_err(format!("a vector of float64 is a multiple of 8 bytes, got {}", values.len())));
+        return Err(PyValueError::new_err(format!(
+            "a vector of float64 is a multiple of 8 bytes, got {}",
+            values.len()
+        )));
     }
     let values: Vec<f64> = values.chunks_exact(8).map(|v| f64::from_ne_bytes(v.try_into().expect("8 bytes"))).collect();
     Ok(datafusion_faiss::sql::functions::vector_literal(&values))
