@@ -19,6 +19,7 @@ use datafusion::execution::{TaskContext, TaskContextProvider};
 use datafusion::prelude::{SessionConfig, SessionContext};
 use datafusion_faiss::sql::FaissConfig;
 use datafusion_ffi::config::extension_options::FFI_ExtensionOptions;
+use datafusion_ffi::execution::FFI_TaskContext;
 use pyo3::{PyResult, Python};
 use tokio::runtime::{Handle, Runtime};
 
@@ -141,6 +142,24 @@ pub fn session(host: &dyn Session) -> Result<SessionState> {
     // The rebuild registered every function under each of its names again.
     datafusion_faiss::sql::register_sql(&ctx);
     Ok(ctx.state())
+}
+
+/// The host's task context as it crosses FFI, read as datafusion-ffi's conversion reads
+/// it but for the host's functions: that makes a wrapper for each of several hundred, at
+/// every `execute`, and a plan planned already looks none up.
+pub fn host_task(host: &FFI_TaskContext) -> Result<Arc<TaskContext>> {
+    let (task, session, settings) =
+        unsafe { ((host.task_id)(host), (host.session_id)(host), (host.session_config)(host)) };
+    Ok(Arc::new(TaskContext::new(
+        task.into_option().map(|id| id.to_string()),
+        session.to_string(),
+        SessionConfig::try_from(&settings)?,
+        HashMap::new(),
+        HashMap::new(),
+        HashMap::new(),
+        HashMap::new(),
+        ENV.clone(),
+    )))
 }
 
 /// The host's task context with our settings and stores.

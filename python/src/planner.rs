@@ -25,9 +25,14 @@ use datafusion::physical_expr::PhysicalExpr;
 use datafusion::physical_plan::metrics::MetricsSet;
 use datafusion::physical_plan::stream::RecordBatchReceiverStreamBuilder;
 use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan, PlanProperties};
+use datafusion_ffi::execution::FFI_TaskContext;
+use datafusion_ffi::execution_plan::{ExecutionPlanPrivateData, FFI_ExecutionPlan, ForeignExecutionPlan};
+use datafusion_ffi::ffi_option::FFI_Result;
+use datafusion_ffi::record_batch_stream::FFI_RecordBatchStream;
 use datafusion_proto::logical_plan::LogicalExtensionCodec;
 use datafusion_proto::physical_plan::{PhysicalExtensionCodec, PhysicalProtoConverterExtension};
 use futures::StreamExt;
+use tokio::runtime::Handle;
 
 use crate::local;
 
@@ -52,6 +57,43 @@ impl QueryPlanner for Planner {
         .await?;
         Ok(Arc::new(Here(planned)))
     }
+}
+
+/// `plan` as the host is to hold it: an FFI plan that runs with a task context made by
+/// [`local::host_task`] rather than by datafusion-ffi, which makes a wrapper for every
+/// function of the host's session at each `execute`. Made where a plan is decoded: on its
+/// way out, a plan of ours crossing the host's codec chain comes back to us unwrapped. The
+/// FFI handle of a foreign plan is re-exported as it is, so these functions go with it.
+fn handed(plan: Arc<dyn ExecutionPlan>) -> Result<Arc<dyn ExecutionPlan>> {
+    Ok(Arc::new(ForeignExecutionPlan::try_from(ffi(plan, Some(local::runtime())))?))
+}
+
+fn ffi(plan: Arc<dyn ExecutionPlan>, runtime: Option<Handle>) -> FFI_ExecutionPlan {
+    let mut ffi = FFI_ExecutionPlan::new(plan, runtime);
+    ffi.execute = execute;
+    ffi.clone = clone;
+    ffi
+}
+
+/// The plan behind an FFI plan that [`ffi`] made: `new` keeps it there.
+fn held(plan: &FFI_ExecutionPlan) -> &ExecutionPlanPrivateData {
+    unsafe { &*(plan.private_data as *const ExecutionPlanPrivateData) }
+}
+
+unsafe extern "C" fn clone(plan: &FFI_ExecutionPlan) -> FFI_ExecutionPlan {
+    let held = held(plan);
+    ffi(held.plan.clone(), held.runtime.clone())
+}
+
+unsafe extern "C" fn execute(
+    plan: &FFI_ExecutionPlan,
+    partition: usize,
+    context: FFI_TaskContext,
+) -> FFI_Result<FFI_RecordBatchStream> {
+    let held = held(plan);
+    let _runtime = held.runtime.as_ref().map(|rt| rt.enter());
+    let stream = local::host_task(&context).and_then(|context| held.plan.execute(partition, context));
+    stream.map(|stream| FFI_RecordBatchStream::new(stream, held.runtime.clone())).into()
 }
 
 static REWRITES: LazyLock<Optimizer> = LazyLock::new(|| Optimizer::with_rules(datafusion_faiss::sql::rules()));
@@ -194,7 +236,7 @@ impl PhysicalExtensionCodec for Handles {
         _proto_converter: &dyn PhysicalProtoConverterExtension,
     ) -> Result<Arc<dyn ExecutionPlan>> {
         match take(buf)? {
-            Held::Plan(plan) => Ok(plan),
+            Held::Plan(plan) => handed(plan),
             Held::Table(_) => internal_err!("datafusion-faiss handle: a table where a plan was expected"),
         }
     }
