@@ -13,13 +13,15 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock, Mutex};
 
 use async_trait::async_trait;
-use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::arrow::datatypes::{DataType, SchemaRef};
 use datafusion::catalog::{Session, TableProvider};
 use datafusion::common::tree_node::TreeNodeRecursion;
-use datafusion::common::{internal_datafusion_err, internal_err, Result, TableReference};
+use datafusion::common::{exec_err, internal_datafusion_err, internal_err, plan_err, Result, TableReference};
 use datafusion::execution::context::QueryPlanner;
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
-use datafusion::logical_expr::{Extension, LogicalPlan};
+use datafusion::logical_expr::{
+    ColumnarValue, Extension, LogicalPlan, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility,
+};
 use datafusion::optimizer::Optimizer;
 use datafusion::physical_expr::PhysicalExpr;
 use datafusion::physical_plan::metrics::MetricsSet;
@@ -216,6 +218,13 @@ impl LogicalExtensionCodec for Handles {
         }
     }
 
+    fn try_decode_udf(&self, name: &str, _buf: &[u8]) -> Result<Arc<ScalarUDF>> {
+        Ok(Arc::new(ScalarUDF::new_from_impl(HostFunction {
+            name: name.to_string(),
+            signature: Signature::variadic_any(Volatility::Volatile),
+        })))
+    }
+
     fn try_encode_table_provider(
         &self,
         _table_ref: &TableReference,
@@ -224,6 +233,35 @@ impl LogicalExtensionCodec for Handles {
     ) -> Result<()> {
         hold(Held::Table(node), buf);
         Ok(())
+    }
+}
+
+/// A function of the host's session that ours lacks (a Python UDF), known by its name
+/// only. The host's filters reach the table (its pushdown question, its scan) decoded with
+/// our functions; the table answers from the columns alone and its scan reads no predicate
+/// into its files, so the host runs the filter. The planner decodes with the host's
+/// functions and never sees one.
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct HostFunction {
+    name: String,
+    signature: Signature,
+}
+
+impl ScalarUDFImpl for HostFunction {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, _args: &[DataType]) -> Result<DataType> {
+        plan_err!("{} is a function of the host's session: datafusion-faiss cannot run it", self.name)
+    }
+
+    fn invoke_with_args(&self, _args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        exec_err!("{} is a function of the host's session: datafusion-faiss cannot run it", self.name)
     }
 }
 

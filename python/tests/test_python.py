@@ -126,6 +126,33 @@ def test_settings_are_read_by_the_index_scan(ctx):
     assert "nprobe=7" in plan(ctx, sql)
 
 
+def test_a_python_udf_filters_an_index_scan(ctx, data):
+    """A function of the host's session (here a Python UDF) in the WHERE of an index
+    query: the table is asked about the filter with it encoded, and the scan runs it
+    through the host, with the GIL."""
+    import pyarrow.compute as pc
+    from datafusion import SessionContext, udf
+
+    shout = udf(lambda s: pc.utf8_upper(s), [pa.string()], pa.string(), "stable", name="shout")
+    ctx.register_udf(shout)
+    q = vectors(1, 16)[0]
+    sql = (
+        f"SELECT id, shout(title) AS t, vec_distance(embedding, {literal(q)}) AS d FROM docs "
+        f"WHERE shout(lang) = 'EN' ORDER BY d, id LIMIT 10"
+    )
+    assert "IvfTopKExec" in plan(ctx, sql)
+    got = rows(ctx, sql)
+    assert len(got) == 10 and all(r["t"].startswith("DOC ") for r in got)
+    assert got == exact(ctx, sql)
+    # Lent to a plain context, which plans the scan itself: the filter stays in the host.
+    plain = SessionContext()
+    table = dff.open_table(str(data["folder"] / "docs.parquet"), str(data["folder"] / "keyed.faiss"),
+                           vector="embedding", key="id", ctx=plain)
+    plain.register_udf(shout)
+    count = f"SELECT count(*) AS n FROM {table.name} WHERE shout(lang) = 'EN'"
+    assert plain.sql(count).to_pylist() == [{"n": sum(1 for i in range(ROWS) if i % 3)}]
+
+
 def test_faiss_search_equals_the_exact_plan(ctx):
     q = vectors(1, 13)[0]
     sql = f"SELECT id, title, _distance FROM faiss_search('docs', {literal(q)}, 10)"
