@@ -324,6 +324,10 @@ class Query:
     def to_pandas(self) -> Any:
         return self.to_arrow().to_pandas()
 
+    def to_list(self) -> list[dict[str, Any]]:
+        """The rows as dicts, as ``to_arrow().to_pylist()``."""
+        return self.to_arrow().to_pylist()
+
     def explain(self) -> str:
         """EXPLAIN of the search: names the index scan when it is one."""
         table = self._run("EXPLAIN " + self.to_sql())

@@ -4,6 +4,7 @@
 //! stays, so the distance is recomputed exactly and the sort gives the final order.
 
 use std::any::Any;
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use datafusion::catalog::TableProvider;
@@ -159,10 +160,13 @@ pub(super) fn down_to_scan(plan: &LogicalPlan, mut exprs: Vec<Expr>) -> Result<O
     };
     let Some(table) = vector_table(scan) else { return Ok(None) };
     filters.extend(scan.filters.iter().cloned());
-    let mut unique: Vec<Expr> = vec![];
+    // The same filter twice (above the scan and in it) is told by its text: a function
+    // decoded twice across FFI is two values that datafusion-ffi compares by address, and
+    // in one session a name is one function.
+    let (mut unique, mut seen) = (vec![], HashSet::new());
     for f in filters.into_iter().flat_map(split_conjunction_owned) {
         let f = unqualify(f)?;
-        if !unique.contains(&f) {
+        if seen.insert(f.to_string()) {
             unique.push(f);
         }
     }
