@@ -202,22 +202,32 @@ def open_table(data: str, index: str, **options: Any) -> VectorTable:
     return VectorTable(data, index, **options)
 
 
-def _vectors(query: Any) -> tuple[list[bytes], bool]:
-    """The query as rows of float64 bytes (this machine's byte order), one per vector, and
-    whether it was a batch (2-D). A NumPy array is converted whole, not a Python float per
-    value."""
+def _vectors(query: Any, dimension: int, name: str) -> tuple[Any, int, bool]:
+    """The query's values, all its vectors one after another, as a buffer of float64 (one
+    vector: its literal is written from them) or of float32 (a batch: the column of the
+    queries' table, so a C-ordered float32 array is used as it is); how many vectors; and
+    whether it was a batch (2-D)."""
     if hasattr(query, "ndim") and hasattr(query, "astype"):
         if query.ndim not in (1, 2):
             raise ValueError(f"a query is one vector or a 2-D array of them, got {query.ndim} dimensions")
-        wide = query.astype("f8", copy=False)
-        return ([row.tobytes() for row in wide] if query.ndim == 2 else [wide.tobytes()]), query.ndim == 2
+        if query.shape[-1] != dimension:
+            raise ValueError(f"the query has {query.shape[-1]} dimensions, the index of {name} has {dimension}")
+        batch = query.ndim == 2
+        values = query.astype("f4" if batch else "f8", order="C", copy=False)
+        return values, (len(query) if batch else 1), batch
     query = list(query)
     batch = bool(query) and (isinstance(query[0], (list, tuple)) or getattr(query[0], "ndim", 0) == 1)
-    try:
-        rows = [array("d", row).tobytes() for row in query] if batch else [array("d", query).tobytes()]
-    except TypeError as e:
-        raise ValueError(f"a query's values must be numbers: {e}") from None
-    return rows, batch
+    rows = query if batch else [query]
+    values = array("f" if batch else "d")
+    for i, row in enumerate(rows):
+        try:
+            row = array(values.typecode, row)
+        except TypeError as e:
+            raise ValueError(f"a query's values must be numbers: {e}") from None
+        if len(row) != dimension:
+            raise ValueError(f"query {i} has {len(row)} dimensions, the index of {name} has {dimension}")
+        values.extend(row)
+    return values, len(rows), batch
 
 
 class Query:
@@ -226,12 +236,7 @@ class Query:
 
     def __init__(self, table: VectorTable, query: Any) -> None:
         self._table = table
-        self._rows, self._batch = _vectors(query)
-        for i, row in enumerate(self._rows):
-            if len(row) != 8 * table.dimension:
-                raise ValueError(
-                    f"query {i} has {len(row) // 8} dimensions, the index of {table.name} has {table.dimension}"
-                )
+        self._values, self._count, self._batch = _vectors(query, table.dimension, table.name)
         self._where: list[str] = []
         self._select: list[str] | None = None
         self._limit = 10
@@ -286,7 +291,7 @@ class Query:
         where = " AND ".join(f"({w})" for w in self._where)
         tie = f", d.{_quote(t.key)}" if t.key else ""
         if not self._batch:
-            query = _internal.vector_literal(self._rows[0])
+            query = _internal.vector_literal(self._values.tobytes())
             distance, direction = self._order(f"d.{_quote(t.vector)}", query)
             listed = "".join(f"d.{_quote(c)}, " for c in columns)
             return (
@@ -310,9 +315,9 @@ class Query:
         settings = {**t.settings, **{k: str(v) for k, v in self._settings.items()}}
         if not self._batch:
             return t._sql(sql, settings)
-        n = len(self._rows)
-        wide = pa.Array.from_buffers(pa.float64(), n * t.dimension, [None, pa.py_buffer(b"".join(self._rows))])
-        vectors = pa.FixedSizeListArray.from_arrays(wide.cast(pa.float32()), t.dimension)
+        n = self._count
+        values = pa.Array.from_buffers(pa.float32(), n * t.dimension, [None, pa.py_buffer(self._values)])
+        vectors = pa.FixedSizeListArray.from_arrays(values, t.dimension)
         queries = pa.table([pa.array(range(n), type=pa.int64()), vectors], names=["query_index", "_query_vector"])
         return t._sql(sql, settings, {self._queries: queries})
 

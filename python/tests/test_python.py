@@ -243,6 +243,10 @@ def test_wrong_dimension_is_a_clear_error(ctx, data):
     table = dff.open_table(str(folder / "docs.parquet"), str(folder / "keyed.faiss"), vector="embedding", key="id")
     with pytest.raises(ValueError, match="dimensions"):
         table.search([0.5, 0.25])
+    with pytest.raises(ValueError, match="the query has 2 dimensions"):
+        table.search(np.zeros((3, 2), dtype="float32"))
+    with pytest.raises(ValueError, match="query 1 has 2 dimensions"):
+        table.search([[0.5] * DIM, [0.5, 0.25]])
     with pytest.raises(ValueError, match="numbers"):
         table.search(["0.5", "0.25"])
 
