@@ -66,8 +66,14 @@ impl QueryPlanner for Planner {
 /// function of the host's session at each `execute`. Made where a plan is decoded: on its
 /// way out, a plan of ours crossing the host's codec chain comes back to us unwrapped. The
 /// FFI handle of a foreign plan is re-exported as it is, so these functions go with it.
+/// Only a [`Here`] is made so: those functions read the plan behind the handle as one
+/// `FFI_ExecutionPlan::new` of ours made, which another library's plan, held by the same
+/// codec, is not.
 fn handed(plan: Arc<dyn ExecutionPlan>) -> Result<Arc<dyn ExecutionPlan>> {
-    Ok(Arc::new(ForeignExecutionPlan::try_from(ffi(plan, Some(local::runtime())))?))
+    match plan.is::<Here>() {
+        true => Ok(Arc::new(ForeignExecutionPlan::try_from(ffi(plan, Some(local::runtime())))?)),
+        false => Ok(plan),
+    }
 }
 
 fn ffi(plan: Arc<dyn ExecutionPlan>, runtime: Option<Handle>) -> FFI_ExecutionPlan {
