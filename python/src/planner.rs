@@ -225,10 +225,7 @@ impl LogicalExtensionCodec for Handles {
     }
 
     fn try_decode_udf(&self, name: &str, _buf: &[u8]) -> Result<Arc<ScalarUDF>> {
-        Ok(Arc::new(ScalarUDF::new_from_impl(HostFunction {
-            name: name.to_string(),
-            signature: Signature::variadic_any(Volatility::Volatile),
-        })))
+        Ok(Arc::new(ScalarUDF::new_from_impl(HostFunction(name.to_string()))))
     }
 
     fn try_encode_table_provider(
@@ -248,26 +245,31 @@ impl LogicalExtensionCodec for Handles {
 /// into its files, so the host runs the filter. The planner decodes with the host's
 /// functions and never sees one.
 #[derive(Debug, PartialEq, Eq, Hash)]
-struct HostFunction {
-    name: String,
-    signature: Signature,
+struct HostFunction(String);
+
+static ANY_ARGUMENTS: LazyLock<Signature> = LazyLock::new(|| Signature::variadic_any(Volatility::Volatile));
+
+impl HostFunction {
+    fn refused(&self) -> String {
+        format!("{} is a function of the host's session: datafusion-faiss cannot run it", self.0)
+    }
 }
 
 impl ScalarUDFImpl for HostFunction {
     fn name(&self) -> &str {
-        &self.name
+        &self.0
     }
 
     fn signature(&self) -> &Signature {
-        &self.signature
+        &ANY_ARGUMENTS
     }
 
     fn return_type(&self, _args: &[DataType]) -> Result<DataType> {
-        plan_err!("{} is a function of the host's session: datafusion-faiss cannot run it", self.name)
+        plan_err!("{}", self.refused())
     }
 
     fn invoke_with_args(&self, _args: ScalarFunctionArgs) -> Result<ColumnarValue> {
-        exec_err!("{} is a function of the host's session: datafusion-faiss cannot run it", self.name)
+        exec_err!("{}", self.refused())
     }
 }
 
