@@ -12,12 +12,13 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use datafusion::catalog::{Session, TableFunctionArgs, TableFunctionImpl, TableProvider, TableProviderFactory};
-use datafusion::common::config::ExtensionOptions;
+use datafusion::common::config::{ExtensionOptions, DATAFUSION_FFI_CONFIG_NAMESPACE};
 use datafusion::common::Result;
 use datafusion::logical_expr::{CreateExternalTable, ScalarUDF};
 use datafusion_faiss::sql::{FaissConfig, FaissSearch, FaissTableFactory};
 use datafusion_faiss::Metric;
-use datafusion_ffi::config::extension_options::FFI_ExtensionOptions;
+use datafusion_ffi::config::extension_options::{ExtensionOptionsPrivateData, FFI_ExtensionOptions};
+use datafusion_ffi::ffi_option::FFI_Result;
 use datafusion_ffi::proto::logical_extension_codec::FFI_LogicalExtensionCodec;
 use datafusion_ffi::proto::physical_extension_codec::FFI_PhysicalExtensionCodec;
 use datafusion_ffi::query_planner::FFI_QueryPlanner;
@@ -29,6 +30,7 @@ use pyo3::prelude::*;
 use pyo3::types::PyCapsule;
 
 use planner::{Handles, Planner};
+use stabby::str::Str;
 use url::Url;
 
 fn logical_codec() -> FFI_LogicalExtensionCodec {
@@ -136,13 +138,45 @@ impl Settings {
 
     fn __datafusion_extension_options__<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyCapsule>> {
         // Keyed as SET names them (`faiss.nprobe`): our entries carry their prefix already.
-        let mut options = FFI_ExtensionOptions::default();
+        let mut options = checked(FFI_ExtensionOptions::default());
         for entry in FaissConfig::default().entries() {
             let value = entry.value.unwrap_or_default();
             options.set(&entry.key, &value).map_err(|e| PyRuntimeError::new_err(e.to_string()))?;
         }
         PyCapsule::new_with_value(py, options, c"datafusion_extension_options")
     }
+}
+
+/// `options` checking a `faiss.*` value as it is set, as a Rust session does: datafusion-ffi's
+/// own `set` keeps any value, so a bad `SET faiss.nprobe = 'x'` stayed in the context and
+/// failed every later query. The host clones the options with the session, so the clone
+/// checks too; other libraries' settings in the same options are kept as they come.
+fn checked(mut options: FFI_ExtensionOptions) -> FFI_ExtensionOptions {
+    options.set = set_checked;
+    options.cloned = cloned_checked;
+    options
+}
+
+/// The values behind options that datafusion-ffi's `From<HashMap>` made, which `checked`
+/// keeps.
+fn values(options: &mut FFI_ExtensionOptions) -> &mut HashMap<String, String> {
+    unsafe { &mut (*(options.private_data as *mut ExtensionOptionsPrivateData)).options }
+}
+
+unsafe extern "C" fn cloned_checked(options: &FFI_ExtensionOptions) -> FFI_ExtensionOptions {
+    let data = unsafe { &*(options.private_data as *const ExtensionOptionsPrivateData) };
+    checked(data.options.clone().into())
+}
+
+unsafe extern "C" fn set_checked(options: &mut FFI_ExtensionOptions, key: Str, value: Str) -> FFI_Result<()> {
+    let name = key.strip_prefix(DATAFUSION_FFI_CONFIG_NAMESPACE).and_then(|k| k.strip_prefix('.')).unwrap_or(&key);
+    if let Some(setting) = name.strip_prefix("faiss.") {
+        if let Err(e) = FaissConfig::default().set(setting, &value) {
+            return Err::<(), _>(format!("SET {name} = '{}': {e}", &*value)).into();
+        }
+    }
+    values(options).insert(key.to_string(), value.to_string());
+    FFI_Result::Ok(())
 }
 
 /// The query planner: index rewrites and scans on the host's optimized plans. It encodes

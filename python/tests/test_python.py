@@ -10,6 +10,7 @@ import pathlib
 import subprocess
 import sys
 
+import datafusion
 import faiss
 import numpy as np
 import pyarrow as pa
@@ -124,6 +125,25 @@ def test_settings_are_read_by_the_index_scan(ctx):
     assert "nprobe=3" in plan(ctx, sql)
     ctx.sql("SET faiss.nprobe = 7").collect()
     assert "nprobe=7" in plan(ctx, sql)
+
+
+def test_a_bad_setting_fails_where_it_is_set_and_is_not_kept(ctx):
+    """As in a Rust session: the SET fails, the context keeps the value it had and its
+    next queries run, also on a copy of the session made after (another context's)."""
+    q = vectors(1, 13)[0]
+    sql = f"SELECT id, vec_distance(embedding, {literal(q)}) AS d FROM docs ORDER BY d LIMIT 5"
+    ctx.sql("SET faiss.nprobe = 7").collect()
+    for bad, says in [("faiss.nprobe = 'abc'", "faiss.nprobe"), ("faiss.nprobe = -3", "-3"), ("faiss.nprob = 3", "nprob")]:
+        with pytest.raises(Exception, match=says):
+            ctx.sql(f"SET {bad}").collect()
+        assert "nprobe=7" in plan(ctx, sql)
+        assert len(rows(ctx, sql)) == 5
+    config = dff.settings(datafusion.SessionConfig().with_information_schema(True))
+    other = dff.register(datafusion.SessionContext(config))
+    with pytest.raises(Exception, match="faiss.enabled"):
+        other.sql("SET faiss.enabled = 'maybe'").collect()
+    other.sql("SET faiss.refine_factor = 2").collect()
+    assert rows(other, "SHOW faiss.refine_factor") == [{"name": "faiss.refine_factor", "value": "2"}]
 
 
 def test_a_python_udf_filters_an_index_scan(ctx, data):
