@@ -48,6 +48,7 @@ impl Engine {
         settings: Option<HashMap<String, String>>,
         tables: Option<HashMap<String, Bound<'_, PyAny>>>,
     ) -> PyResult<Batches> {
+        local::here().map_err(failed)?;
         let ctx = match settings.filter(|s| !s.is_empty()) {
             None => self.0.clone(),
             Some(settings) => {
@@ -90,6 +91,7 @@ impl Engine {
     /// The table `name`, for `SessionContext.register_table` of datafusion-python: the
     /// host's SQL then reads the same open index.
     fn table(&self, py: Python<'_>, name: String) -> PyResult<Table> {
+        local::here().map_err(failed)?;
         let table = local::block(py, self.0.table_provider(name.as_str()))?.map_err(failed)?;
         Ok(Table(table))
     }
@@ -147,8 +149,12 @@ impl Table {
         session: Option<Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, PyCapsule>> {
         let _ = session;
-        let provider =
-            FFI_TableProvider::new_with_ffi_codec(self.0.clone(), true, Some(local::runtime()), crate::logical_codec());
+        let provider = FFI_TableProvider::new_with_ffi_codec(
+            self.0.clone(),
+            true,
+            Some(crate::runtime()?),
+            crate::logical_codec()?,
+        );
         PyCapsule::new_with_value(py, provider, c"datafusion_table_provider")
     }
 }

@@ -33,8 +33,12 @@ use planner::{Handles, Planner};
 use stabby::str::Str;
 use url::Url;
 
-fn logical_codec() -> FFI_LogicalExtensionCodec {
-    FFI_LogicalExtensionCodec::new(Arc::new(Handles), Some(local::runtime()), &local::tasks())
+fn logical_codec() -> PyResult<FFI_LogicalExtensionCodec> {
+    Ok(FFI_LogicalExtensionCodec::new(Arc::new(Handles), Some(runtime()?), &local::tasks()))
+}
+
+fn runtime() -> PyResult<tokio::runtime::Handle> {
+    local::runtime().map_err(|e| PyRuntimeError::new_err(e.to_string()))
 }
 
 /// One distance function (`vec_distance`, `l2_distance`, ...).
@@ -66,6 +70,7 @@ struct Search;
 
 impl TableFunctionImpl for Search {
     fn call_with_args(&self, args: TableFunctionArgs) -> Result<Arc<dyn TableProvider>> {
+        local::here()?;
         let state = local::session(args.session())?;
         FaissSearch.call_with_args(TableFunctionArgs::new(args.exprs(), &state))
     }
@@ -86,7 +91,7 @@ impl SearchFunction {
         py: Python<'py>,
         _session: Bound<'py, PyAny>,
     ) -> PyResult<Bound<'py, PyCapsule>> {
-        let function = FFI_TableFunction::new_with_ffi_codec(Arc::new(Search), Some(local::runtime()), logical_codec());
+        let function = FFI_TableFunction::new_with_ffi_codec(Arc::new(Search), Some(runtime()?), logical_codec()?);
         PyCapsule::new_with_value(py, function, c"datafusion_table_function")
     }
 }
@@ -98,6 +103,7 @@ struct Factory;
 #[async_trait]
 impl TableProviderFactory for Factory {
     async fn create(&self, state: &dyn Session, cmd: &CreateExternalTable) -> Result<Arc<dyn TableProvider>> {
+        local::here()?;
         let state = local::session(state)?;
         let cmd = cmd.clone();
         local::run(async move { FaissTableFactory.create(&state, &cmd).await }).await
@@ -120,7 +126,7 @@ impl TableFactory {
         _session: Bound<'py, PyAny>,
     ) -> PyResult<Bound<'py, PyCapsule>> {
         let factory =
-            FFI_TableProviderFactory::new_with_ffi_codec(Arc::new(Factory), Some(local::runtime()), logical_codec());
+            FFI_TableProviderFactory::new_with_ffi_codec(Arc::new(Factory), Some(runtime()?), logical_codec()?);
         PyCapsule::new_with_value(py, factory, c"datafusion_table_provider_factory")
     }
 }
@@ -213,7 +219,10 @@ impl QueryPlanner {
             )),
             _ => None,
         };
-        let (logical, physical) = chains.unwrap_or_else(|| (logical_codec(), physical_codec()));
+        let (logical, physical) = match chains {
+            Some(chains) => chains,
+            None => (logical_codec()?, physical_codec()?),
+        };
         let planner = FFI_QueryPlanner::new_with_ffi_codecs(Arc::new(Planner), logical, physical);
         PyCapsule::new_with_value(py, planner, c"datafusion_query_planner")
     }
@@ -228,8 +237,8 @@ fn imported<T: Clone>(object: &Bound<'_, PyAny>, method: &str, name: &'static CS
     Ok(unsafe { pointer.as_ref() }.clone())
 }
 
-fn physical_codec() -> FFI_PhysicalExtensionCodec {
-    FFI_PhysicalExtensionCodec::new(Arc::new(Handles), Some(local::runtime()), &local::tasks())
+fn physical_codec() -> PyResult<FFI_PhysicalExtensionCodec> {
+    Ok(FFI_PhysicalExtensionCodec::new(Arc::new(Handles), Some(runtime()?), &local::tasks()))
 }
 
 /// [`Handles`] as the session's codecs: installed on the host's chains, so that the host
@@ -258,7 +267,7 @@ impl Codecs {
         session: Option<Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, PyCapsule>> {
         let _ = session;
-        PyCapsule::new_with_value(py, logical_codec(), c"datafusion_logical_extension_codec")
+        PyCapsule::new_with_value(py, logical_codec()?, c"datafusion_logical_extension_codec")
     }
 
     #[pyo3(signature = (session = None))]
@@ -268,7 +277,7 @@ impl Codecs {
         session: Option<Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, PyCapsule>> {
         let _ = session;
-        PyCapsule::new_with_value(py, physical_codec(), c"datafusion_physical_extension_codec")
+        PyCapsule::new_with_value(py, physical_codec()?, c"datafusion_physical_extension_codec")
     }
 }
 

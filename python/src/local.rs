@@ -6,12 +6,13 @@
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use datafusion::catalog::Session;
 use datafusion::common::config::{ExtensionOptions, DATAFUSION_FFI_CONFIG_NAMESPACE};
-use datafusion::common::{DataFusionError, Result};
+use datafusion::common::{exec_err, DataFusionError, Result};
 use datafusion::execution::context::SessionState;
 use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
 use datafusion::execution::session_state::SessionStateBuilder;
@@ -20,16 +21,44 @@ use datafusion::prelude::{SessionConfig, SessionContext};
 use datafusion_faiss::sql::FaissConfig;
 use datafusion_ffi::config::extension_options::FFI_ExtensionOptions;
 use datafusion_ffi::execution::FFI_TaskContext;
+use pyo3::exceptions::PyRuntimeError;
 use pyo3::{PyResult, Python};
 use tokio::runtime::{Handle, Runtime};
 
+/// The process that started this library's threads (its runtime); 0 before any did.
+static STARTED_IN: AtomicU32 = AtomicU32::new(0);
+
 static RUNTIME: LazyLock<Runtime> = LazyLock::new(|| {
+    STARTED_IN.store(std::process::id(), Ordering::Release);
     tokio::runtime::Builder::new_multi_thread()
         .thread_name("datafusion-faiss")
         .enable_all()
         .build()
         .expect("a tokio runtime")
 });
+
+/// Refuses a process forked after this library started its threads in the parent (a
+/// `multiprocessing` pool, a pre-forking server): the child has none of them, and what
+/// they held at the fork stays held there (locks, pooled connections, FAISS's OpenMP
+/// team), so its queries hung or crashed. A child forked before the first use starts its
+/// own.
+pub fn here() -> Result<()> {
+    match STARTED_IN.load(Ordering::Acquire) {
+        0 => Ok(()),
+        started if started == std::process::id() => Ok(()),
+        started => exec_err!(
+            "datafusion-faiss cannot run in process {}, forked from process {started} after datafusion-faiss \
+             started its threads there: start workers with multiprocessing's 'spawn' or 'forkserver' method, \
+             or fork before the first use",
+            std::process::id()
+        ),
+    }
+}
+
+fn rt() -> Result<&'static Runtime> {
+    here()?;
+    Ok(&RUNTIME)
+}
 
 /// One runtime environment for the process, so the file-metadata and list caches of one
 /// query serve the next.
@@ -57,19 +86,20 @@ impl TaskContextProvider for Tasks {
     }
 }
 
-pub fn runtime() -> Handle {
-    RUNTIME.handle().clone()
+pub fn runtime() -> Result<Handle> {
+    Ok(rt()?.handle().clone())
 }
 
 /// Runs `work` on our runtime from this thread, as a binary's main does, with the GIL
 /// released, waking every 50 ms (or when it is done) to look for Ctrl-C: a
 /// `KeyboardInterrupt` drops it, which cancels it.
 pub fn block<T: Send>(py: Python<'_>, work: impl Future<Output = T> + Send) -> PyResult<T> {
+    let runtime = rt().map_err(|e| PyRuntimeError::new_err(e.to_string()))?;
     let mut work = Box::pin(work);
     loop {
         // The timer is made inside block_on, where the runtime's clock is.
         let waited =
-            py.detach(|| RUNTIME.block_on(async { tokio::time::timeout(Duration::from_millis(50), &mut work).await }));
+            py.detach(|| runtime.block_on(async { tokio::time::timeout(Duration::from_millis(50), &mut work).await }));
         match waited {
             Ok(done) => return Ok(done),
             Err(_) => py.check_signals()?,
@@ -80,7 +110,7 @@ pub fn block<T: Send>(py: Python<'_>, work: impl Future<Output = T> + Send) -> P
 /// Runs `work` on our runtime, whose reactor its I/O needs, and waits for it from the
 /// host's.
 pub async fn run<T: Send + 'static>(work: impl Future<Output = Result<T>> + Send + 'static) -> Result<T> {
-    RUNTIME.spawn(work).await.map_err(|e| DataFusionError::External(Box::new(e)))?
+    rt()?.spawn(work).await.map_err(|e| DataFusionError::External(Box::new(e)))?
 }
 
 pub fn tasks() -> Arc<dyn TaskContextProvider> {

@@ -44,6 +44,7 @@ pub struct Planner;
 #[async_trait]
 impl QueryPlanner for Planner {
     async fn create_physical_plan(&self, plan: &LogicalPlan, session: &dyn Session) -> Result<Arc<dyn ExecutionPlan>> {
+        local::here()?;
         let state = local::planner_session(session)?;
         let plan = plan.clone();
         let planned = local::run(async move {
@@ -71,7 +72,7 @@ impl QueryPlanner for Planner {
 /// codec, is not.
 fn handed(plan: Arc<dyn ExecutionPlan>) -> Result<Arc<dyn ExecutionPlan>> {
     match plan.is::<Here>() {
-        true => Ok(Arc::new(ForeignExecutionPlan::try_from(ffi(plan, Some(local::runtime())))?)),
+        true => Ok(Arc::new(ForeignExecutionPlan::try_from(ffi(plan, Some(local::runtime()?)))?)),
         false => Ok(plan),
     }
 }
@@ -150,7 +151,8 @@ impl ExecutionPlan for Here {
     /// stream aborts the task.
     fn execute(&self, partition: usize, context: Arc<TaskContext>) -> Result<SendableRecordBatchStream> {
         let (plan, context) = (self.0.clone(), local::task(&context)?);
-        let _runtime = local::runtime().enter();
+        let runtime = local::runtime()?;
+        let _runtime = runtime.enter();
         let mut channel = RecordBatchReceiverStreamBuilder::new(plan.schema(), 2);
         let tx = channel.tx();
         channel.spawn(async move {

@@ -331,6 +331,62 @@ def test_ctrl_c_cancels_a_query():
     assert done.stdout.strip() == "interrupted; [42]", done.stderr
 
 
+FORKED = """
+import os, sys
+import numpy as np
+import datafusion_faiss as dff
+
+data, index = sys.argv[1:3]
+q = np.random.default_rng(5).standard_normal(16).astype("float32")
+
+
+def child(work):
+    pid = os.fork()
+    if pid == 0:
+        try:
+            print("child:", work(), flush=True)
+        except Exception as e:
+            print("child refused:", " ".join(str(e).split()), flush=True)
+        os._exit(0)
+    os.waitpid(pid, 0)
+
+
+def search():
+    t = dff.open_table(data, index, vector="embedding", key="id")
+    return len(t.search(q).limit(3).to_list())
+
+
+# Forked before any use: the child starts its own threads.
+child(search)
+t = dff.open_table(data, index, vector="embedding", key="id")
+ctx = t.ctx
+print("parent:", len(t.search(q).limit(3).to_list()), flush=True)
+# Forked after: the parent's threads are not in the child; each way in is refused.
+child(lambda: len(t.search(q).limit(3).to_list()))
+child(lambda: ctx.sql(t.search(q).limit(3).to_sql()).to_arrow_table().num_rows)
+child(search)
+print("parent:", len(t.search(q).limit(3).to_list()), flush=True)
+"""
+
+
+def test_a_process_forked_after_use_is_refused_not_left_hanging(data):
+    # In a process of its own, so the suite's threads are not forked: before the refusal,
+    # such a child waited forever (or crashed on the locks the parent's threads held).
+    folder = data["folder"]
+    argv = [sys.executable, "-c", FORKED, str(folder / "docs.parquet"), str(folder / "keyed.faiss")]
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=300)
+    except subprocess.TimeoutExpired as e:
+        pytest.fail(f"a forked child hung: {e.stdout}")
+    lines = done.stdout.splitlines()
+    assert lines[:2] == ["child: 3", "parent: 3"], done.stdout + done.stderr
+    assert lines[-1] == "parent: 3", done.stdout + done.stderr
+    refused = lines[2:-1]
+    assert len(refused) == 3, done.stdout + done.stderr
+    for line in refused:
+        assert line.startswith("child refused:") and "forked from process" in line and "'spawn'" in line, line
+
+
 def s3_settings() -> dict | None:
     env = ROOT / ".work" / "s3" / "env"
     if not env.exists():
