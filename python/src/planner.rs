@@ -16,7 +16,9 @@ use async_trait::async_trait;
 use datafusion::arrow::datatypes::{DataType, SchemaRef};
 use datafusion::catalog::{Session, TableProvider};
 use datafusion::common::tree_node::TreeNodeRecursion;
-use datafusion::common::{exec_err, internal_datafusion_err, internal_err, plan_err, Result, TableReference};
+use datafusion::common::{
+    exec_datafusion_err, exec_err, internal_datafusion_err, internal_err, plan_err, Result, TableReference,
+};
 use datafusion::execution::context::QueryPlanner;
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::logical_expr::{
@@ -194,10 +196,12 @@ fn take(buf: &[u8]) -> Result<Held> {
         .and_then(|id| <[u8; 8]>::try_from(id).ok())
         .map(u64::from_le_bytes)
         .ok_or_else(|| internal_datafusion_err!("not a datafusion-faiss handle ({} bytes)", buf.len()))?;
-    HELD.lock()
-        .expect("handle table poisoned")
-        .remove(&id)
-        .ok_or_else(|| internal_datafusion_err!("datafusion-faiss handle {id} was already decoded"))
+    HELD.lock().expect("handle table poisoned").remove(&id).ok_or_else(|| {
+        exec_datafusion_err!(
+            "datafusion-faiss handle {id} was decoded already: a plan holding a vector table or an in-memory \
+                 table decodes once, in the process that encoded it (its tables cross by handle)"
+        )
+    })
 }
 
 /// Tables and plans by handle; functions by name (DataFusion's default).

@@ -146,6 +146,21 @@ def test_a_bad_setting_fails_where_it_is_set_and_is_not_kept(ctx):
     assert rows(other, "SHOW faiss.refine_factor") == [{"name": "faiss.refine_factor", "value": "2"}]
 
 
+def test_a_serialized_plan_decodes_once_in_its_process(ctx):
+    """Vector tables cross by handle: `to_bytes(ctx)` then `from_bytes` gives the same
+    rows; a second decode of the same bytes is a clear error, not an internal one."""
+    from datafusion.plan import LogicalPlan
+
+    q = vectors(1, 14)[0]
+    sql = f"SELECT id, vec_distance(embedding, {literal(q)}) AS d FROM docs ORDER BY d LIMIT 5"
+    encoded = ctx.sql(sql).logical_plan().to_bytes(ctx)
+    decoded = LogicalPlan.from_bytes(ctx, encoded)
+    assert ctx.create_dataframe_from_logical_plan(decoded).to_arrow_table().to_pylist() == rows(ctx, sql)
+    with pytest.raises(Exception, match="decodes once, in the process that encoded it") as e:
+        LogicalPlan.from_bytes(ctx, encoded)
+    assert "bug in DataFusion" not in str(e.value)
+
+
 def test_a_python_udf_filters_an_index_scan(ctx, data):
     """A function of the host's session (here a Python UDF) in the WHERE of an index
     query: the table is asked about the filter with it encoded, and the scan runs it
