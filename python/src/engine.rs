@@ -91,7 +91,6 @@ impl Engine {
     /// The table `name`, for `SessionContext.register_table` of datafusion-python: the
     /// host's SQL then reads the same open index.
     fn table(&self, py: Python<'_>, name: String) -> PyResult<Table> {
-        local::here().map_err(failed)?;
         let table = local::block(py, self.0.table_provider(name.as_str()))?.map_err(failed)?;
         Ok(Table(table))
     }

@@ -70,7 +70,6 @@ struct Search;
 
 impl TableFunctionImpl for Search {
     fn call_with_args(&self, args: TableFunctionArgs) -> Result<Arc<dyn TableProvider>> {
-        local::here()?;
         let state = local::session(args.session())?;
         FaissSearch.call_with_args(TableFunctionArgs::new(args.exprs(), &state))
     }
@@ -103,7 +102,6 @@ struct Factory;
 #[async_trait]
 impl TableProviderFactory for Factory {
     async fn create(&self, state: &dyn Session, cmd: &CreateExternalTable) -> Result<Arc<dyn TableProvider>> {
-        local::here()?;
         let state = local::session(state)?;
         let cmd = cmd.clone();
         local::run(async move { FaissTableFactory.create(&state, &cmd).await }).await

@@ -41,7 +41,7 @@ static RUNTIME: LazyLock<Runtime> = LazyLock::new(|| {
 /// `multiprocessing` pool, a pre-forking server): the child has none of them, and what
 /// they held at the fork stays held there (locks, pooled connections, FAISS's OpenMP
 /// team), so its queries hung or crashed. A child forked before the first use starts its
-/// own.
+/// own. Checked where our work starts: the runtime and the sessions standing for the host's.
 pub fn here() -> Result<()> {
     match STARTED_IN.load(Ordering::Acquire) {
         0 => Ok(()),
@@ -155,6 +155,7 @@ static TEMPLATE: LazyLock<SessionState> = LazyLock::new(|| {
 /// A session of ours standing for the host's in planning: its settings, our stores,
 /// DataFusion's functions and the extension. Its tables come with the plan.
 pub fn planner_session(host: &dyn Session) -> Result<SessionState> {
+    here()?;
     let mut state = TEMPLATE.clone();
     *state.config_mut() = config(host.config().clone())?;
     Ok(state)
@@ -162,6 +163,7 @@ pub fn planner_session(host: &dyn Session) -> Result<SessionState> {
 
 /// [`planner_session`] with the host's catalogs, for what names a table (`faiss_search`).
 pub fn session(host: &dyn Session) -> Result<SessionState> {
+    here()?;
     let settings = config(host.config().clone())?.with_create_default_catalog_and_schema(false);
     let ctx = SessionContext::new_with_state(
         SessionStateBuilder::new_from_existing(TEMPLATE.clone())

@@ -46,7 +46,6 @@ pub struct Planner;
 #[async_trait]
 impl QueryPlanner for Planner {
     async fn create_physical_plan(&self, plan: &LogicalPlan, session: &dyn Session) -> Result<Arc<dyn ExecutionPlan>> {
-        local::here()?;
         let state = local::planner_session(session)?;
         let plan = plan.clone();
         let planned = local::run(async move {
